@@ -1,0 +1,138 @@
+"""The ground-truth sidecar: the private data behind each client reply.
+
+FOR EVALUATION ONLY. It lives apart from the traffic log (``ground_truth/``),
+written by the clients themselves, so that the attacker-side API
+(:class:`adversary.traffic_log.TrafficLog`) never touches it. Entries are keyed
+by the id of the server instruction a client answered, which is the reply's
+``reply_to`` in the traffic log.
+
+Per reply it stores, for every local step: the images, labels, dataset indices,
+and the BatchNorm batch statistics of that step's forward pass; plus the
+node-id to partition-id mapping that only the simulation knows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+GROUND_TRUTH_DIR = "ground_truth"
+_DB = "index.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, partition_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    instruction_id TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL,
+    partition_id INTEGER NOT NULL,
+    round INTEGER,
+    num_steps INTEGER NOT NULL,
+    extra TEXT NOT NULL,
+    file TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=60.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(_SCHEMA)
+    return conn
+
+
+def record_private_batch(
+    run_dir: str | Path,
+    *,
+    instruction_id: str,
+    node_id: int,
+    partition_id: int,
+    round: int | None,
+    steps: list[dict[str, np.ndarray]],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Store one reply's private data; called by the client that produced it.
+
+    Many client processes write concurrently: SQLite's lock serialises the index,
+    and each reply has its own tensor file, written before its index row.
+    """
+    root = Path(run_dir) / GROUND_TRUTH_DIR
+    (root / "batches").mkdir(parents=True, exist_ok=True)
+    rel = f"batches/{instruction_id}.safetensors"
+    flat = {f"step{i}/{k}": np.ascontiguousarray(v) for i, step in enumerate(steps) for k, v in step.items()}
+    tmp = root / (rel + f".{os.getpid()}.tmp")
+    save_file(flat, str(tmp))
+    os.replace(tmp, root / rel)
+    conn = _connect(root / _DB)
+    try:
+        with conn:
+            conn.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?)", (str(node_id), partition_id))
+            conn.execute(
+                "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (instruction_id, str(node_id), partition_id, round, len(steps), json.dumps(extra or {}), rel, time.time()),
+            )
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True)
+class PrivateBatch:
+    instruction_id: str
+    node_id: int
+    partition_id: int
+    round: int | None
+    steps: list[dict[str, np.ndarray]]
+    extra: dict[str, Any]
+
+
+class GroundTruth:
+    """Evaluation-side reader. Never hand this to an attack."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> GroundTruth:
+        root = Path(run_dir) / GROUND_TRUTH_DIR
+        if not (root / _DB).is_file():
+            raise FileNotFoundError(f"RUN_DIR: no ground-truth sidecar at {root}")
+        return cls(root)
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        conn = sqlite3.connect(f"file:{self.root / _DB}?mode=ro", uri=True, timeout=30.0)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+
+    def partition_of(self, node_id: int) -> int | None:
+        rows = self._query("SELECT partition_id FROM nodes WHERE node_id = ?", (str(node_id),))
+        return rows[0][0] if rows else None
+
+    def node_partitions(self) -> dict[int, int]:
+        return {int(n): p for n, p in self._query("SELECT node_id, partition_id FROM nodes")}
+
+    def batch_for(self, instruction_id: str) -> PrivateBatch | None:
+        """The private data behind the reply to ``instruction_id`` (a log entry's ``reply_to``)."""
+        rows = self._query("SELECT * FROM batches WHERE instruction_id = ?", (instruction_id,))
+        if not rows:
+            return None
+        iid, node, part, rnd, num_steps, extra, rel, _created = rows[0]
+        flat = load_file(str(self.root / rel))
+        steps: list[dict[str, np.ndarray]] = [{} for _ in range(num_steps)]
+        for key, value in flat.items():
+            head, _, name = key.partition("/")
+            steps[int(head.removeprefix("step"))][name] = value
+        return PrivateBatch(iid, int(node), part, rnd, steps, json.loads(extra))
+
+    def __len__(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM batches")[0][0])

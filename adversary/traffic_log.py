@@ -1,0 +1,330 @@
+"""The traffic log: every intercepted message, as the adversary saw it.
+
+Layout inside a run directory::
+
+    traffic/index.sqlite          one row per message, one row per tensor (WAL mode)
+    traffic/tensors/000042.safetensors
+
+A message's tensor file is written and renamed into place before its index row is
+committed, so a process killed at any instant leaves a log in which every
+committed message is complete. Tensors are stored as safetensors, never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+TRAFFIC_DIR = "traffic"
+INDEX_DB = "index.sqlite"
+TENSOR_DIR = "tensors"
+DIRECTIONS = ("down", "up")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    round INTEGER,
+    direction TEXT NOT NULL CHECK (direction IN ('down', 'up')),
+    src_node TEXT NOT NULL,
+    dst_node TEXT NOT NULL,
+    message_type TEXT NOT NULL,
+    flower_id TEXT,
+    reply_to TEXT,
+    group_id TEXT,
+    num_bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    created_at REAL,
+    logged_at REAL NOT NULL,
+    metrics TEXT NOT NULL,
+    config TEXT NOT NULL,
+    error TEXT,
+    tensor_file TEXT
+);
+CREATE TABLE IF NOT EXISTS tensors (
+    message INTEGER NOT NULL REFERENCES messages(id),
+    name TEXT NOT NULL,
+    shape TEXT NOT NULL,
+    dtype TEXT NOT NULL,
+    l2 REAL NOT NULL,
+    PRIMARY KEY (message, name)
+);
+CREATE INDEX IF NOT EXISTS messages_round ON messages(round);
+"""
+
+
+class TrafficLogError(ValueError):
+    """A user-facing problem with a traffic log (missing, unknown message id)."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    l2: float
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    """One intercepted message's index entry (what the attacker sees, no ground truth)."""
+
+    id: int
+    round: int | None
+    direction: str
+    src_node: int
+    dst_node: int
+    message_type: str
+    flower_id: str | None
+    reply_to: str | None
+    num_bytes: int
+    sha256: str
+    created_at: float | None
+    logged_at: float
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    error: str | None
+    tensors: tuple[TensorInfo, ...] = field(default=())
+
+    @property
+    def client_node(self) -> int:
+        """The client end of the link, whichever way the message went."""
+        return self.dst_node if self.direction == "down" else self.src_node
+
+
+@dataclass(frozen=True)
+class OutgoingRecord:
+    """What the tap hands the writer for one message."""
+
+    round: int | None
+    direction: str
+    src_node: int
+    dst_node: int
+    message_type: str
+    flower_id: str | None
+    reply_to: str | None
+    group_id: str | None
+    num_bytes: int
+    sha256: str
+    created_at: float | None
+    metrics: Mapping[str, Any]
+    config: Mapping[str, Any]
+    tensors: Mapping[str, np.ndarray]
+    error: str | None = None
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return {"bytes": len(value)}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class TrafficWriter:
+    """Append-only writer; one per run, used from the server's thread."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.root = Path(run_dir) / TRAFFIC_DIR
+        (self.root / TENSOR_DIR).mkdir(parents=True, exist_ok=True)
+        self._conn = _connect(self.root / INDEX_DB)
+        self._conn.executescript(_SCHEMA)
+        self._conn.commit()
+
+    def append(self, record: OutgoingRecord) -> int:
+        if record.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {record.direction!r}")
+        cur = self._conn.execute(
+            "INSERT INTO messages (round, direction, src_node, dst_node, message_type, flower_id,"
+            " reply_to, group_id, num_bytes, sha256, created_at, logged_at, metrics, config, error)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.round,
+                record.direction,
+                str(record.src_node),
+                str(record.dst_node),
+                record.message_type,
+                record.flower_id,
+                record.reply_to,
+                record.group_id,
+                record.num_bytes,
+                record.sha256,
+                record.created_at,
+                time.time(),
+                json.dumps({k: _jsonable(v) for k, v in record.metrics.items()}),
+                json.dumps({k: _jsonable(v) for k, v in record.config.items()}),
+                record.error,
+            ),
+        )
+        msg_id = int(cur.lastrowid)
+        try:
+            if record.tensors:
+                arrays = {k: np.ascontiguousarray(v) for k, v in record.tensors.items()}
+                rel = f"{TENSOR_DIR}/{msg_id:07d}.safetensors"
+                tmp = self.root / (rel + ".tmp")
+                save_file(arrays, str(tmp))
+                os.replace(tmp, self.root / rel)
+                self._conn.execute("UPDATE messages SET tensor_file = ? WHERE id = ?", (rel, msg_id))
+                self._conn.executemany(
+                    "INSERT INTO tensors (message, name, shape, dtype, l2) VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (msg_id, name, json.dumps(list(a.shape)), str(a.dtype), _l2(a))
+                        for name, a in arrays.items()
+                    ],
+                )
+            self._conn.commit()
+        except BaseException:
+            self._conn.rollback()
+            raise
+        return msg_id
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _l2(array: np.ndarray) -> float:
+    if array.dtype.kind in "fiu" and array.size:
+        return float(np.linalg.norm(array.astype(np.float64).ravel()))
+    return 0.0
+
+
+class TrafficLog:
+    """Read-only queries over a run's traffic log."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._conn = sqlite3.connect(f"file:{root / INDEX_DB}?mode=ro", uri=True, timeout=30.0)
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> TrafficLog:
+        root = Path(run_dir) / TRAFFIC_DIR
+        if not (root / INDEX_DB).is_file():
+            raise TrafficLogError(f"RUN_DIR: no traffic log at {root / INDEX_DB}")
+        return cls(root)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> TrafficLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def messages(
+        self,
+        *,
+        round: int | None = None,
+        client: int | None = None,
+        direction: str | None = None,
+        message_type: str | None = None,
+    ) -> list[MessageInfo]:
+        """Messages in log order, filtered; ``client`` matches either end of the link."""
+        if direction is not None and direction not in DIRECTIONS:
+            raise TrafficLogError(f"--direction: must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+        where, args = [], []
+        if round is not None:
+            where.append("round = ?")
+            args.append(round)
+        if client is not None:
+            where.append("(src_node = ? OR dst_node = ?)")
+            args += [str(client), str(client)]
+        if direction is not None:
+            where.append("direction = ?")
+            args.append(direction)
+        if message_type is not None:
+            where.append("message_type = ?")
+            args.append(message_type)
+        sql = "SELECT * FROM messages" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        rows = self._conn.execute(sql, args).fetchall()
+        return [self._info(row) for row in rows]
+
+    def message(self, msg_id: int) -> MessageInfo:
+        row = self._conn.execute("SELECT * FROM messages WHERE id = ?", (msg_id,)).fetchone()
+        if row is None:
+            last = self._conn.execute("SELECT MAX(id) FROM messages").fetchone()[0]
+            raise TrafficLogError(f"MSG_ID: no message {msg_id} in this log (ids run 1..{last or 0})")
+        return self._info(row)
+
+    def arrays(self, msg_id: int, prefix: str | None = None) -> dict[str, np.ndarray]:
+        """The message's tensors as numpy arrays, names ``record/key``; optional record prefix."""
+        info = self.message(msg_id)
+        file = self._conn.execute("SELECT tensor_file FROM messages WHERE id = ?", (msg_id,)).fetchone()[0]
+        if not info.tensors or file is None:
+            return {}
+        arrays = load_file(str(self.root / file))
+        if prefix is not None:
+            head = prefix.rstrip("/") + "/"
+            arrays = {k[len(head):]: v for k, v in arrays.items() if k.startswith(head)}
+        return arrays
+
+    def tensors(self, msg_id: int, prefix: str | None = None) -> dict[str, Any]:
+        import torch
+
+        return {k: torch.from_numpy(v.copy()) for k, v in self.arrays(msg_id, prefix).items()}
+
+    def export(self, msg_id: int, out: str | Path) -> Path:
+        out = Path(out)
+        if out.suffix != ".safetensors":
+            raise TrafficLogError(f"--out: must end in .safetensors, got {out.name!r}")
+        info = self.message(msg_id)
+        arrays = self.arrays(msg_id)
+        meta = {
+            "round": str(info.round),
+            "direction": info.direction,
+            "src_node": str(info.src_node),
+            "dst_node": str(info.dst_node),
+            "message_type": info.message_type,
+            "metrics": json.dumps(info.metrics),
+            "config": json.dumps(info.config),
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        save_file(arrays, str(tmp), metadata=meta)
+        os.replace(tmp, out)
+        return out
+
+    def rounds(self) -> list[int]:
+        return [r for (r,) in self._conn.execute("SELECT DISTINCT round FROM messages WHERE round IS NOT NULL ORDER BY round")]
+
+    def clients(self) -> list[int]:
+        rows = self._conn.execute(
+            "SELECT DISTINCT CASE direction WHEN 'down' THEN dst_node ELSE src_node END FROM messages"
+        )
+        return sorted(int(n) for (n,) in rows)
+
+    def __len__(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+
+    def _info(self, row: tuple) -> MessageInfo:
+        (mid, rnd, direction, src, dst, mtype, fid, reply_to, _group, nbytes, sha, created, logged,
+         metrics, config, error, _file) = row
+        tensors = tuple(
+            TensorInfo(name, tuple(json.loads(shape)), dtype, l2)
+            for name, shape, dtype, l2 in self._conn.execute(
+                "SELECT name, shape, dtype, l2 FROM tensors WHERE message = ? ORDER BY rowid", (mid,)
+            )
+        )
+        return MessageInfo(
+            id=mid, round=rnd, direction=direction, src_node=int(src), dst_node=int(dst),
+            message_type=mtype, flower_id=fid, reply_to=reply_to, num_bytes=nbytes, sha256=sha,
+            created_at=created, logged_at=logged, metrics=json.loads(metrics), config=json.loads(config),
+            error=error, tensors=tensors,
+        )

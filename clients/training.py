@@ -1,0 +1,152 @@
+"""Local computation of a client: one gradient (FedSGD) or several SGD steps (FedAvg).
+
+Pure PyTorch. Each step also captures what an evaluator needs to score an attack
+later: the batch itself and the BatchNorm statistics of its forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+@contextlib.contextmanager
+def capture_bn_batch_stats(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Record each BatchNorm layer's input mean and (biased) variance per channel.
+
+    These are the private batch's statistics the paper's ``BN_exact`` threat model
+    grants; keys are ``<layer name>.mean`` / ``<layer name>.var``.
+    """
+    stats: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, _BatchNorm):
+
+            def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor, name: str = name) -> None:
+                x = inputs[0].detach()
+                dims = [0] + list(range(2, x.dim()))
+                stats[f"{name}.mean"] = x.mean(dim=dims)
+                stats[f"{name}.var"] = x.var(dim=dims, unbiased=False)
+
+            handles.append(module.register_forward_hook(hook))
+    try:
+        yield stats
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass
+class StepRecord:
+    """The private side of one local step (ground truth for evaluation)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: np.ndarray
+    bn_stats: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {
+            "images": self.images.detach().cpu().numpy().astype(np.float32),
+            "labels": self.labels.detach().cpu().numpy().astype(np.int64),
+            "indices": np.asarray(self.indices, dtype=np.int64),
+        }
+        arrays.update({f"bn/{k}": v.cpu().numpy().astype(np.float32) for k, v in self.bn_stats.items()})
+        return arrays
+
+
+@dataclass
+class LocalResult:
+    loss: float
+    num_examples: int
+    compute_s: float
+    steps: list[StepRecord]
+
+
+def sample_batches(
+    indices: np.ndarray, *, steps: int, batch_size: int, seed: int, round: int, partition: int
+) -> list[np.ndarray]:
+    """Batches for one round: consecutive slices of seeded shuffles of the partition.
+
+    Seeded by (seed, round, partition) so both engines and repeated runs draw the
+    same batches; a batch never repeats an index within itself.
+    """
+    rng = np.random.default_rng([seed, round, partition])
+    size = min(batch_size, len(indices))
+    order = rng.permutation(indices)
+    batches, pos = [], 0
+    for _ in range(steps):
+        if pos + size > len(order):
+            order, pos = rng.permutation(indices), 0
+        batches.append(order[pos : pos + size])
+        pos += size
+    return batches
+
+
+def gradient_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, nn.Parameter]
+) -> tuple[float, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Loss, gradients w.r.t. ``params`` and BN batch statistics for one batch."""
+    model.train()
+    with capture_bn_batch_stats(model) as stats:
+        loss = F.cross_entropy(model(x), y)
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    out = {name: (g if g is not None else torch.zeros_like(p)) for (name, p), g in zip(params.items(), grads)}
+    return float(loss.detach()), out, dict(stats)
+
+
+def fedsgd_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: np.ndarray, *, lr: float, local_params: set[str]
+) -> tuple[LocalResult, dict[str, torch.Tensor]]:
+    """One gradient on one batch. Parameters kept local (FedBN) are stepped here;
+    the others' gradients are returned for the server to average."""
+    start = time.perf_counter()
+    params = dict(model.named_parameters())
+    loss, grads, stats = gradient_step(model, x, y, params)
+    with torch.no_grad():
+        for name in local_params:
+            params[name].sub_(lr * grads[name])
+    shared = {k: v for k, v in grads.items() if k not in local_params}
+    step = StepRecord(x, y, indices, stats)
+    return LocalResult(loss, len(y), time.perf_counter() - start, [step]), shared
+
+
+def fedavg_steps(
+    model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]], *, lr: float
+) -> LocalResult:
+    """Plain SGD over the given batches (the local steps of FedAvg)."""
+    start = time.perf_counter()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    model.train()
+    records, total = [], 0.0
+    for x, y, idx in batches:
+        optimizer.zero_grad(set_to_none=True)
+        with capture_bn_batch_stats(model) as stats:
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+        records.append(StepRecord(x, y, idx, dict(stats)))
+    return LocalResult(total / len(batches), sum(len(b[1]) for b in batches), time.perf_counter() - start, records)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy in eval mode."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        logits = model(xb)
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    n = max(len(y), 1)
+    return loss_sum / n, correct / n

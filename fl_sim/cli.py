@@ -1,0 +1,153 @@
+"""The ``fl-sim`` command line.
+
+User errors (bad config, missing data, unknown message) print one line and exit
+with status 2; nothing is written before the input is known to be good.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from fl_sim.config import ConfigError, load_config
+
+EXIT_USAGE = 2
+DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.toml"
+
+
+class UserError(Exception):
+    """Anything the user can fix; shown as one line."""
+
+
+def _cmd_run(args: argparse.Namespace, console: Console) -> None:
+    from fl_sim.simulation import run_simulation
+
+    config = load_config(args.config or DEMO_CONFIG, args.set or [])
+    outcome = run_simulation(config, command=sys.argv)
+    last = outcome.result.rounds[-1]
+    console.print(
+        f"\n[bold]done[/bold]: {len(outcome.result.rounds)} rounds on {config.federation.num_clients} clients"
+        f" ({config.engine.name} engine) in {outcome.wall_s:.1f} s; final accuracy {last.eval_acc:.2%}"
+    )
+    console.print(f"run directory: {outcome.run_dir}")
+    if config.tap.enabled:
+        console.print(f"intercepted traffic: fl-sim traffic list {outcome.run_dir}")
+
+
+def _open_log(run_dir: str):  # noqa: ANN202
+    from adversary.traffic_log import TrafficLog, TrafficLogError
+
+    try:
+        return TrafficLog.open(run_dir)
+    except TrafficLogError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _short_metrics(metrics: dict) -> str:
+    parts = []
+    for key, value in metrics.items():
+        name = key.rsplit("/", 1)[-1]
+        parts.append(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}")
+    return " ".join(parts)
+
+
+def _cmd_traffic_list(args: argparse.Namespace, console: Console) -> None:
+    with _open_log(args.run_dir) as log:
+        msgs = log.messages(round=args.round, client=args.client, direction=args.direction)
+    table = Table(title=f"{len(msgs)} intercepted messages")
+    for col in ("id", "round", "dir", "client node", "type", "tensors", "bytes", "metrics"):
+        right = col in ("id", "round", "tensors", "bytes")
+        table.add_column(col, justify="right" if right else "left", no_wrap=col != "metrics")
+    for m in msgs:
+        table.add_row(
+            str(m.id), str(m.round), m.direction, str(m.client_node), m.message_type, str(len(m.tensors)),
+            f"{m.num_bytes:,}", _short_metrics(m.metrics) or (f"error: {m.error}" if m.error else ""),
+        )
+    console.print(table)
+
+
+def _cmd_traffic_show(args: argparse.Namespace, console: Console) -> None:
+    from adversary.traffic_log import TrafficLogError
+
+    with _open_log(args.run_dir) as log:
+        try:
+            m = log.message(args.msg_id)
+        except TrafficLogError as exc:
+            raise UserError(str(exc)) from None
+    console.print(f"[bold]message {m.id}[/bold]  round {m.round}  {m.direction}  {m.message_type}")
+    console.print(f"from node {m.src_node} to node {m.dst_node}; {m.num_bytes:,} bytes; sha256 {m.sha256}")
+    if m.reply_to:
+        console.print(f"reply to {m.reply_to}")
+    if m.error:
+        console.print(f"[red]error[/red]: {m.error}")
+    for title, values in (("metrics", m.metrics), ("config", m.config)):
+        if values:
+            console.print(f"{title}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    table = Table(title="tensors")
+    for col in ("name", "shape", "dtype", "L2 norm"):
+        table.add_column(col)
+    for t in m.tensors:
+        table.add_row(t.name, "x".join(map(str, t.shape)) or "scalar", t.dtype, f"{t.l2:.6g}")
+    console.print(table)
+
+
+def _cmd_traffic_export(args: argparse.Namespace, console: Console) -> None:
+    from adversary.traffic_log import TrafficLogError
+
+    with _open_log(args.run_dir) as log:
+        try:
+            out = log.export(args.msg_id, args.out)
+        except TrafficLogError as exc:
+            raise UserError(str(exc)) from None
+    console.print(f"wrote {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fl-sim", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a federated simulation with the traffic tap")
+    run.add_argument("--config", help=f"TOML file (default: the demo, {DEMO_CONFIG.name})")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    run.set_defaults(func=_cmd_run)
+
+    traffic = sub.add_parser("traffic", help="inspect an intercepted traffic log")
+    tsub = traffic.add_subparsers(dest="traffic_command", required=True)
+    tl = tsub.add_parser("list", help="list intercepted messages")
+    tl.add_argument("run_dir")
+    tl.add_argument("--round", type=int)
+    tl.add_argument("--client", type=int, help="node id of the client (either end of the link)")
+    tl.add_argument("--direction", choices=("up", "down"))
+    tl.set_defaults(func=_cmd_traffic_list)
+    ts = tsub.add_parser("show", help="show one message: tensors, shapes, norms, metrics")
+    ts.add_argument("run_dir")
+    ts.add_argument("msg_id", type=int)
+    ts.set_defaults(func=_cmd_traffic_show)
+    te = tsub.add_parser("export", help="export one message's tensors as safetensors")
+    te.add_argument("run_dir")
+    te.add_argument("msg_id", type=int)
+    te.add_argument("--out", required=True)
+    te.set_defaults(func=_cmd_traffic_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    try:
+        args.func(args, console)
+    except (ConfigError, UserError) as exc:
+        Console(stderr=True).print(f"[red]error[/red]: {exc}", highlight=False)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Typed, validated run configuration: TOML files plus ``--set key=value`` overrides.
+
+Validation happens before anything is written, so a bad value never leaves a
+half-made run directory behind. Every error is one line naming the key and what
+is allowed (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; its message is a single line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    name: str = "mnist-5k"
+    root: str | None = None
+    partition: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = Field(0.5, gt=0)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    image_size: int | None = Field(None, ge=8, le=1024)
+    max_test: int | None = Field(1000, ge=1)
+
+
+class ModelConfig(_Section):
+    name: str = "convnet"
+    norm: Literal["batch", "group", "none"] | None = None
+    options: dict[str, int | float | str | bool] = Field(default_factory=dict)
+
+
+class FederationConfig(_Section):
+    num_clients: int = Field(4, ge=1, le=10_000)
+    rounds: int = Field(3, ge=1, le=100_000)
+    clients_per_round: int | None = Field(None, ge=1)
+    protocol: Literal["fedsgd", "fedavg"] = "fedavg"
+    local_steps: int = Field(1, ge=1, le=100_000)
+    batch_size: int = Field(32, ge=1, le=65_536)
+    lr: float = Field(0.05, gt=0, le=100)
+    fedbn: bool = True
+    upload: Literal["weights", "delta"] = "weights"
+
+    @model_validator(mode="after")
+    def _participation(self) -> FederationConfig:
+        if self.clients_per_round is not None and self.clients_per_round > self.num_clients:
+            raise ValueError(
+                f"federation.clients_per_round: must be <= federation.num_clients "
+                f"({self.num_clients}), got {self.clients_per_round}"
+            )
+        return self
+
+    @property
+    def sampled_per_round(self) -> int:
+        return self.clients_per_round or self.num_clients
+
+
+class EngineConfig(_Section):
+    name: Literal["ray", "inline"] = "ray"
+    num_cpus_per_client: float = Field(1.0, gt=0)
+    num_gpus_per_client: float = Field(0.0, ge=0)
+    ray_address: str | None = None
+    ray_num_cpus: int | None = Field(None, ge=1)
+
+
+class EvalConfig(_Section):
+    mode: Literal["auto", "server", "clients"] = "auto"
+    batch_size: int = Field(256, ge=1)
+
+
+class TapConfig(_Section):
+    enabled: bool = True
+    ground_truth: bool = True
+
+
+class RunConfig(_Section):
+    """The whole run; sections mirror the TOML tables."""
+
+    seed: int = Field(0, ge=0, lt=2**31)
+    name: str = "run"
+    out_dir: str = "runs"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tap: TapConfig = Field(default_factory=TapConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    kind = first["type"]
+    msg = first["msg"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    if kind == "value_error":
+        # Our own validators already phrase the message with the key.
+        text = msg.removeprefix("Value error, ")
+        return text if ":" in text.split(" ")[0] else f"{key}: {text}"
+    if kind == "literal_error":
+        allowed = first.get("ctx", {}).get("expected", "")
+        return f"{key}: must be one of {allowed} (got {first.get('input')!r})"
+    got = first.get("input")
+    return f"{key}: {msg.lower()} (got {got!r})"
+
+
+def _parse_value(raw: str) -> Any:
+    """Parse an override value as TOML (numbers, booleans, strings, arrays)."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw  # a bare word is a string
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b.c=value`` assignment to a nested dict."""
+    key, sep, raw = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set: expected key=value, got {assignment!r}")
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = _parse_value(raw.strip())
+
+
+def build_config(tree: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a TOML file (optional), apply overrides, validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--config: file not found: {path}")
+        try:
+            tree = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--config: {path} is not valid TOML ({exc})") from None
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    return build_config(tree)
+
+
+def config_from_json(text: str) -> RunConfig:
+    return build_config(json.loads(text))

@@ -1,0 +1,107 @@
+"""An in-process Grid: the same ServerApp and ClientApp, no Ray.
+
+For tests, debugging and machines without Ray. Messages are copied through
+Flower's own protobuf serialisation on the way out and back, as on a real link,
+so neither side can share tensors with the other. Node ids are drawn from the
+run seed, which makes partial participation reproducible too.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable
+from uuid import UUID
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.proto.node_pb2 import NodeInfo
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+
+def _copy(message: Message) -> Message:
+    return message_from_proto(message_to_proto(message))
+
+
+class InlineGrid(Grid):
+    def __init__(self, client_app: ClientApp, num_nodes: int, seed: int) -> None:
+        rng = random.Random(seed)
+        self._rng = rng
+        self._client_app = client_app
+        self._run = Run.create_empty(run_id=rng.getrandbits(63))
+        self._node_ids = sorted({rng.getrandbits(63) | 1 for _ in range(num_nodes)})
+        while len(self._node_ids) < num_nodes:  # astronomically unlikely collision
+            self._node_ids = sorted(set(self._node_ids) | {rng.getrandbits(63) | 1})
+        self._contexts = {
+            node: Context(
+                run_id=self._run.run_id,
+                node_id=node,
+                node_config={"partition-id": i, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for i, node in enumerate(self._node_ids)
+        }
+        self._inbox: dict[str, Message] = {}
+
+    def _new_id(self) -> str:
+        return str(UUID(int=self._rng.getrandbits(128), version=4))
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self._node_ids)
+
+    def get_nodes(self) -> Iterable[NodeInfo]:
+        return [NodeInfo(node_id=n) for n in self._node_ids]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for message in messages:
+            if message.metadata.dst_node_id not in self._contexts:
+                raise ValueError(f"unknown destination node {message.metadata.dst_node_id}")
+            message.metadata.__dict__["_message_id"] = self._new_id()
+            self._inbox[message.metadata.message_id] = _copy(message)
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def _deliver(self, message: Message) -> Message:
+        node = message.metadata.dst_node_id
+        TaskIdentity.node_id = node
+        try:
+            reply = self._client_app(message, self._contexts[node])
+        except Exception as exc:  # a client crash becomes an error reply, as in Flower
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc).__name__}: {exc}"), reply_to=message)
+        finally:
+            TaskIdentity.node_id = SUPERLINK_NODE_ID
+        reply.metadata.__dict__["_message_id"] = self._new_id()
+        return _copy(reply)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._deliver(self._inbox.pop(mid)) for mid in list(message_ids) if mid in self._inbox]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return list(self.pull_messages(self.push_messages(messages)))
+
+
+def run_inline(server_app: ServerApp, client_app: ClientApp, num_nodes: int, seed: int) -> None:
+    grid = InlineGrid(client_app, num_nodes, seed)
+    TaskIdentity.task_id = 1
+    TaskIdentity.run_id = grid.run.run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    context = Context(run_id=grid.run.run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config={})
+    started = time.perf_counter()
+    server_app(grid, context)
+    del started

@@ -1,0 +1,86 @@
+"""Keep Flower and Ray on loopback: no telemetry, no usage stats, no cloud probes.
+
+Flower posts telemetry and Ray reports usage and probes cloud metadata addresses
+unless told not to. These settings must be in the environment before either
+package starts a process, so the package sets them on import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+OFFLINE_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_USAGE_STATS_PROMPT_ENABLED": "0",
+    "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "0"),
+}
+
+
+def apply_offline_env() -> None:
+    """Force the no-phone-home settings (explicit values win over user ones on purpose)."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ[key] = value
+
+
+def _ray_home() -> Path:
+    """A private HOME for Ray whose bootstrap file names a local provider.
+
+    Ray's dashboard reads ``~/ray_bootstrap_config.yaml``; without it, it probes
+    cloud metadata addresses even with usage stats off.
+    """
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    home = base / "fl-sim" / "ray-home"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        home = Path(tempfile.gettempdir()) / "fl-sim-ray-home"
+        home.mkdir(parents=True, exist_ok=True)
+    (home / "ray_bootstrap_config.yaml").write_text("provider:\n  type: local\n")
+    return home
+
+
+@contextlib.contextmanager
+def ray_environment() -> Iterator[None]:
+    """Environment under which Ray's processes are started (they inherit it)."""
+    apply_offline_env()
+    saved = os.environ.get("HOME")
+    os.environ["HOME"] = str(_ray_home())
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("HOME", None)
+        else:
+            os.environ["HOME"] = saved
+
+
+def init_ray_local(num_cpus: int | None = None, num_gpus: int | None = None, address: str | None = None) -> None:
+    """Start (or join) Ray bound to loopback, with dashboard and usage stats off."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    with ray_environment():
+        if address:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            return
+        ray.init(
+            _node_ip_address=LOOPBACK,
+            include_dashboard=False,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            logging_level="ERROR",
+            log_to_driver=False,
+            configure_logging=True,
+        )

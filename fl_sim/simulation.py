@@ -1,0 +1,71 @@
+"""One federated run end to end: validate, make the run directory, simulate, summarise."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fl_sim.config import ConfigError, RunConfig
+from fl_sim.data import DataError
+from fl_sim.models import ModelError
+from fl_sim.rundir import SUMMARY_JSON, create_run_dir, write_json_atomic
+from fl_sim.task import load_task
+from server.loop import TrainingResult
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    result: TrainingResult
+    wall_s: float
+
+
+def validate(config: RunConfig) -> None:
+    """Everything that can fail on user input, checked before any file is written."""
+    try:
+        task = load_task(config)
+        task.new_model()
+    except (DataError, ModelError) as exc:
+        raise ConfigError(str(exc)) from None
+    if config.engine.name == "ray" and config.engine.num_gpus_per_client > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("engine.num_gpus_per_client: no GPU is visible; set it to 0")
+
+
+def run_simulation(config: RunConfig, *, command: list[str] | None = None) -> RunOutcome:
+    from clients.app import make_client_app
+    from fl_sim.engine import run_engine
+    from server.app import make_server_app
+
+    validate(config)
+    run_dir = create_run_dir(config, command=command)
+    box: list[TrainingResult] = []
+    server_app = make_server_app(config, run_dir, on_result=box.append)
+    client_app = make_client_app(config, run_dir)
+    start = time.perf_counter()
+    run_engine(server_app, client_app, config)
+    wall = time.perf_counter() - start
+    if not box:
+        raise RuntimeError("the server finished without a result; see the log above")
+    result = box[0]
+    last = result.rounds[-1]
+    write_json_atomic(
+        run_dir / SUMMARY_JSON,
+        {
+            "rounds": len(result.rounds),
+            "final_accuracy": last.eval_acc,
+            "final_test_loss": last.eval_loss,
+            "wall_s": wall,
+            "engine": config.engine.name,
+            "per_round": [r.as_dict() for r in result.rounds],
+        },
+    )
+    return RunOutcome(run_dir, result, wall)
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / SUMMARY_JSON).read_text())

@@ -1,0 +1,86 @@
+"""The learning task a run config describes: data, partitions, model.
+
+Server, clients and evaluators each rebuild it from the config (in their own
+processes), so it is cached per process and fully determined by the config.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fl_sim.config import RunConfig, config_from_json
+from fl_sim.data import Dataset, load_dataset, partition_indices
+from fl_sim.models import bn_state_keys, build_model, shared_state_keys
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    config: RunConfig
+    dataset: Dataset
+    partitions: tuple[np.ndarray, ...]
+
+    def new_model(self) -> nn.Module:
+        """The model at its seeded initial weights (identical in every process)."""
+        torch.manual_seed(self.config.seed)
+        cfg = self.config.model
+        return build_model(
+            cfg.name,
+            self.dataset.input_shape,
+            self.dataset.num_classes,
+            norm=cfg.norm,
+            mean=self.dataset.mean,
+            std=self.dataset.std,
+            **cfg.options,
+        )
+
+    def shared_keys(self, model: nn.Module) -> list[str]:
+        return shared_state_keys(model, fedbn=self.config.federation.fedbn)
+
+    def local_keys(self, model: nn.Module) -> set[str]:
+        """State kept on the client: BatchNorm tensors under FedBN, nothing otherwise."""
+        return bn_state_keys(model) if self.config.federation.fedbn else set()
+
+    def has_bn(self, model: nn.Module) -> bool:
+        return bool(bn_state_keys(model))
+
+    @property
+    def test_split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        limit = self.config.data.max_test
+        x, y = self.dataset.test_x, self.dataset.test_y
+        return (x[:limit], y[:limit]) if limit else (x, y)
+
+    def eval_on_clients(self, model: nn.Module) -> bool:
+        """FedBN models are only meaningful with each client's own BN layers."""
+        mode = self.config.eval.mode
+        if mode == "auto":
+            return self.config.federation.fedbn and self.has_bn(model)
+        return mode == "clients"
+
+
+@functools.lru_cache(maxsize=4)
+def _task_from_json(config_json: str) -> Task:
+    config = config_from_json(config_json)
+    dataset = load_dataset(
+        config.data.name,
+        root=config.data.root,
+        seed=config.seed,
+        test_fraction=config.data.test_fraction,
+        image_size=config.data.image_size,
+    )
+    parts = partition_indices(
+        dataset.train_y.numpy(),
+        config.federation.num_clients,
+        scheme=config.data.partition,
+        alpha=config.data.alpha,
+        seed=config.seed,
+    )
+    return Task(config, dataset, tuple(parts))
+
+
+def load_task(config: RunConfig) -> Task:
+    return _task_from_json(config.model_dump_json())

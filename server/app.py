@@ -1,0 +1,39 @@
+"""The ServerApp: the round loop behind a (possibly tapped) Grid."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from adversary.tap import TappedGrid
+from adversary.traffic_log import TrafficWriter
+from fl_sim.config import RunConfig
+from server.loop import FederatedLoop, TrainingResult
+
+
+def make_server_app(
+    config: RunConfig,
+    run_dir: str | Path | None,
+    on_result: Callable[[TrainingResult], None] | None = None,
+) -> ServerApp:
+    run_path = Path(run_dir) if run_dir is not None else None
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        writer = None
+        if config.tap.enabled and run_path is not None:
+            writer = TrafficWriter(run_path)
+            grid = TappedGrid(grid, writer)
+        try:
+            result = FederatedLoop(config, run_path).run(grid)
+        finally:
+            if writer is not None:
+                writer.close()
+        if on_result is not None:
+            on_result(result)
+
+    return app

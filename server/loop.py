@@ -1,0 +1,166 @@
+"""The server's round loop: sample, send, aggregate, evaluate, log.
+
+It talks only to a Flower ``Grid``: the tap wraps that Grid, and the same loop
+runs under the Ray engine and the inline engine.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors.torch import save_file
+
+from clients.training import evaluate
+from fl_sim.config import RunConfig
+from fl_sim.rundir import METRICS_JSONL
+from fl_sim.task import load_task
+from server.strategies import Reply, aggregate
+
+FINAL_WEIGHTS = "final_model.safetensors"
+
+
+class ClientFailure(RuntimeError):
+    """A client answered with an error instead of content."""
+
+
+@dataclass
+class RoundStats:
+    round: int
+    clients: int
+    train_loss: float
+    eval_loss: float
+    eval_acc: float
+    wall_s: float
+    client_compute_s: float
+    bytes_up: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TrainingResult:
+    rounds: list[RoundStats] = field(default_factory=list)
+    final_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float = 120.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= expected or time.monotonic() > deadline:
+            return nodes
+        time.sleep(0.1)
+
+
+def _replies(messages: list[Message], expected: int) -> list[Reply]:
+    if len(messages) < expected:
+        raise ClientFailure(f"only {len(messages)} of {expected} clients answered")
+    out = []
+    for msg in messages:
+        if msg.has_error():
+            raise ClientFailure(f"client {msg.metadata.src_node_id} failed: {msg.error.reason}")
+        out.append(Reply(msg.content, int(msg.content["metrics"]["num-examples"])))
+    return out
+
+
+class FederatedLoop:
+    def __init__(self, config: RunConfig, run_dir: Path | None, console: Console | None = None) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.task = load_task(config)
+        self.model = self.task.new_model()
+        self.shared_keys = self.task.shared_keys(self.model)
+        sd = self.model.state_dict()
+        self.state = {k: sd[k].clone() for k in self.shared_keys}
+        self.console = console or Console(stderr=True)
+
+    def _instructions(self, nodes: list[int], rnd: int, message_type: str) -> list[Message]:
+        fed = self.config.federation
+        messages = []
+        for node in nodes:
+            content = RecordDict(
+                {
+                    "arrays": ArrayRecord({k: v.contiguous() for k, v in self.state.items()}),
+                    "config": ConfigRecord(
+                        {
+                            "server-round": rnd,
+                            "lr": fed.lr,
+                            "local-steps": fed.local_steps if fed.protocol == "fedavg" else 1,
+                            "batch-size": fed.batch_size,
+                            "protocol": fed.protocol,
+                        }
+                    ),
+                }
+            )
+            messages.append(Message(content=content, dst_node_id=node, message_type=message_type, group_id=str(rnd)))
+        return messages
+
+    def _evaluate(self, grid: Grid, nodes: list[int], rnd: int) -> tuple[float, float]:
+        if self.task.eval_on_clients(self.model):
+            replies = _replies(list(grid.send_and_receive(self._instructions(nodes, rnd, "evaluate"))), len(nodes))
+            total = sum(r.num_examples for r in replies)
+            loss = sum(float(r.content["metrics"]["eval-loss"]) * r.num_examples for r in replies) / total
+            acc = sum(float(r.content["metrics"]["eval-acc"]) * r.num_examples for r in replies) / total
+            return loss, acc
+        self.model.load_state_dict(self.state, strict=False)
+        x, y = self.task.test_split
+        return evaluate(self.model, x, y, self.config.eval.batch_size)
+
+    def run(self, grid: Grid) -> TrainingResult:
+        fed = self.config.federation
+        nodes = wait_for_nodes(grid, fed.num_clients)
+        if len(nodes) < fed.num_clients:
+            raise RuntimeError(f"only {len(nodes)} of {fed.num_clients} client nodes registered")
+        result = TrainingResult()
+        metrics_path = self.run_dir / METRICS_JSONL if self.run_dir else None
+        with Progress(
+            TextColumn("[bold]round {task.completed}/{task.total}"),
+            BarColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        ) as progress:
+            bar = progress.add_task("starting", total=fed.rounds)
+            for rnd in range(1, fed.rounds + 1):
+                start = time.perf_counter()
+                rng = np.random.default_rng([self.config.seed, rnd])
+                picked = rng.choice(len(nodes), size=fed.sampled_per_round, replace=False)
+                sampled = sorted(nodes[i] for i in picked)
+                replies = _replies(list(grid.send_and_receive(self._instructions(sampled, rnd, "train"))), len(sampled))
+                self.state = aggregate(self.state, replies, fed)
+                eval_loss, eval_acc = self._evaluate(grid, nodes, rnd)
+                total = sum(r.num_examples for r in replies)
+                stats = RoundStats(
+                    round=rnd,
+                    clients=len(replies),
+                    train_loss=sum(float(r.content["metrics"]["train-loss"]) * r.num_examples for r in replies) / total,
+                    eval_loss=eval_loss,
+                    eval_acc=eval_acc,
+                    wall_s=time.perf_counter() - start,
+                    client_compute_s=sum(float(r.content["metrics"]["compute-s"]) for r in replies),
+                )
+                result.rounds.append(stats)
+                if metrics_path is not None:
+                    with metrics_path.open("a") as fh:
+                        fh.write(json.dumps(stats.as_dict()) + "\n")
+                self.console.print(
+                    f"round {rnd:>3}/{fed.rounds}  accuracy {eval_acc:6.2%}  test loss {eval_loss:.4f}"
+                    f"  train loss {stats.train_loss:.4f}  {stats.wall_s:5.2f} s"
+                )
+                progress.update(bar, advance=1, description=f"acc {eval_acc:.2%}")
+        result.final_state = {k: v.clone() for k, v in self.state.items()}
+        if self.run_dir is not None:
+            save_file({k: v.contiguous() for k, v in result.final_state.items()}, str(self.run_dir / FINAL_WEIGHTS))
+        return result
