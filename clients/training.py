@@ -112,7 +112,7 @@ def fedsgd_step(
     params = dict(model.named_parameters())
     loss, grads, stats = gradient_step(model, x, y, params)
     with torch.no_grad():
-        for name in local_params:
+        for name in local_params & params.keys():
             params[name].sub_(lr * grads[name])
     shared = {k: v for k, v in grads.items() if k not in local_params}
     step = StepRecord(x, y, indices, stats)

@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args, console)
     except (ConfigError, UserError) as exc:
-        Console(stderr=True).print(f"[red]error[/red]: {exc}", highlight=False)
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

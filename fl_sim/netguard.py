@@ -22,6 +22,9 @@ OFFLINE_ENV = {
     "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
     "RAY_DEDUP_LOGS": "0",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    # Ray otherwise replaces 127.0.0.1 by the machine's routable address (found by
+    # "connecting" a UDP socket to a public DNS server) and binds its servers there.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
     "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "0"),
 }

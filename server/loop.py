@@ -42,7 +42,7 @@ class RoundStats:
     eval_acc: float
     wall_s: float
     client_compute_s: float
-    bytes_up: int = 0
+    eval_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -140,7 +140,9 @@ class FederatedLoop:
                 sampled = sorted(nodes[i] for i in picked)
                 replies = _replies(list(grid.send_and_receive(self._instructions(sampled, rnd, "train"))), len(sampled))
                 self.state = aggregate(self.state, replies, fed)
+                eval_start = time.perf_counter()
                 eval_loss, eval_acc = self._evaluate(grid, nodes, rnd)
+                eval_s = time.perf_counter() - eval_start
                 total = sum(r.num_examples for r in replies)
                 stats = RoundStats(
                     round=rnd,
@@ -150,6 +152,7 @@ class FederatedLoop:
                     eval_acc=eval_acc,
                     wall_s=time.perf_counter() - start,
                     client_compute_s=sum(float(r.content["metrics"]["compute-s"]) for r in replies),
+                    eval_s=eval_s,
                 )
                 result.rounds.append(stats)
                 if metrics_path is not None:

@@ -1,0 +1,227 @@
+"""The optimisation-based attack: compose parts, run R restarts, keep the attack's own best.
+
+Trials are stacked in one image tensor [R, N, C, H, W] and stepped together when the
+optimizer treats elements independently (Adam); their gradients are computed trial by trial
+(BatchNorm statistics must not mix trials, and on CPU a loop is faster than vmap, see
+notes/stack.md). The best trial is the one with the lowest final attack loss: ground truth
+is never consulted here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adversary.attacks.bn import BN_STRATEGIES, capture_bn_features
+from adversary.attacks.labels import LABEL_STRATEGIES, LabelGuess
+from adversary.attacks.objectives import OBJECTIVES
+from adversary.attacks.optimizers import OPTIMIZERS
+from adversary.attacks.registry import ConfigError, Registry, as_spec
+from adversary.attacks.regularizers import REGULARIZERS, RegContext
+from adversary.attacks.simulate import ClientSimulator
+from adversary.attacks.threat_model import AttackInputs, Capability, Component, ThreatModel, ThreatModelError, check_grants
+
+Callback = Callable[[int, float], None]
+INITS = ("randn", "rand")
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns; ``images`` [N, C, H, W] in the data range, from the chosen trial."""
+
+    images: Tensor
+    labels: Tensor
+    loss_curve: list[float]
+    trial_losses: list[float]
+    trial_objectives: list[float]
+    best_trial: int
+    timing: dict[str, float]
+    config: dict[str, Any]
+    all_images: Tensor | None = None  # [R, N, C, H, W]
+    trial_curves: list[list[float]] = field(default_factory=list)
+
+    @property
+    def objective(self) -> float:
+        """Final gradient-matching objective (without regularizers) of the chosen trial."""
+        return self.trial_objectives[self.best_trial]
+
+
+def _build(registry: Registry, spec: Any) -> Component:
+    spec = as_spec(spec)
+    if isinstance(spec, Component):
+        return spec
+    name, opts = spec
+    return registry.build(name, **opts)
+
+
+class GradientInversion(Component):
+    """Gradient inversion = objective + weighted regularizers + optimizer + label and BN strategies."""
+
+    kind = "attack"
+    name = "gradient-inversion"
+    requires = frozenset({Capability.NUM_IMAGES})
+
+    def __init__(
+        self,
+        objective: Any = "cosine",
+        regularizers: Sequence[tuple] = (),
+        optimizer: Any = "adam-signed",
+        label_strategy: Any = "known",
+        bn_strategy: Any = "none",
+        iterations: int = 1000,
+        restarts: int = 1,
+        init: str = "randn",
+        seed: int = 0,
+    ) -> None:
+        if init not in INITS:
+            raise ConfigError(f"init: unknown init {init!r}; choose one of: {', '.join(INITS)}")
+        if iterations < 1 or restarts < 1:
+            raise ConfigError(f"iterations and restarts must be >= 1, got {iterations} and {restarts}")
+        self.objective = _build(OBJECTIVES, objective)
+        self.regularizers: list[tuple[str, float, Component]] = []
+        for entry in regularizers:
+            name, weight, *rest = entry
+            comp = REGULARIZERS.build(name, **(rest[0] if rest else {}))
+            self.regularizers.append((name, float(weight), comp))
+        self.optimizer = _build(OPTIMIZERS, optimizer)
+        self.label_strategy = _build(LABEL_STRATEGIES, label_strategy)
+        self.bn_strategy = _build(BN_STRATEGIES, bn_strategy)
+        self.iterations, self.restarts, self.init, self.seed = iterations, restarts, init, seed
+
+    def components(self) -> list[Component]:
+        return [self, self.objective, *(c for _, _, c in self.regularizers), self.optimizer, self.label_strategy, self.bn_strategy]
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "objective": self.objective.config(),
+            "regularizers": [{"weight": w, **c.config()} for _, w, c in self.regularizers],
+            "optimizer": self.optimizer.config(),
+            "labels": self.label_strategy.config(),
+            "bn": self.bn_strategy.config(),
+            "iterations": self.iterations,
+            "restarts": self.restarts,
+            "init": self.init,
+            "seed": self.seed,
+        }
+
+    # ------------------------------------------------------------------ setup
+
+    def check(self, inputs: AttackInputs, threat_model: ThreatModel) -> ClientSimulator:
+        """Validate grants and BN targets before anything runs; returns the client simulator."""
+        sim = ClientSimulator(inputs, threat_model)
+        check_grants([*self.components(), sim], threat_model, inputs)
+        for _, _, reg in self.regularizers:
+            if reg.name == "bn_prior" and getattr(reg, "source", None) is None:
+                if self.bn_strategy.target(inputs, threat_model) is None:
+                    raise ThreatModelError(
+                        f"regularizer 'bn_prior' needs BatchNorm targets but bn strategy {self.bn_strategy.name!r} "
+                        "provides none; use bn strategy exact, proxy or infer"
+                    )
+        return sim
+
+    def _init_images(self, shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
+        return torch.randn(shape, generator=gen) if self.init == "randn" else torch.rand(shape, generator=gen)
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, inputs: AttackInputs, threat_model: ThreatModel, callback: Callback | None = None) -> AttackResult:
+        start = time.perf_counter()
+        sim = self.check(inputs, threat_model)
+        n, r = int(threat_model.num_images), self.restarts  # type: ignore[arg-type]
+        gen = torch.Generator().manual_seed(self.seed)
+        model = inputs.model
+        was_training = model.training
+        model.train(self.bn_strategy.mode == "train")
+        try:
+            guess = self.label_strategy.infer(inputs, threat_model, n, r, gen)
+            targets = {
+                "exact": inputs.bn_exact,
+                "proxy": inputs.bn_proxy,
+                "infer": BN_STRATEGIES.build("infer").target(inputs, threat_model),
+            }
+            ctx_base = RegContext(bn_target=self.bn_strategy.target(inputs, threat_model), bn_targets=targets)
+            observed = {k: v.detach() for k, v in inputs.observed_delta().items() if k in sim.names}
+            x = self._init_images((r, n, *inputs.image_shape), gen)
+            logits = guess.logits.clone() if guess.trainable else None
+            groups = [list(range(r))] if getattr(self.optimizer, "independent_trials", True) else [[i] for i in range(r)]
+            curves: list[list[float]] = [[] for _ in range(r)]
+            for gi, group in enumerate(groups):
+                self._optimise(sim, observed, guess, ctx_base, x, logits, group, curves, gi, callback)
+            lo, hi = inputs.data_range
+            x = x.clamp(lo, hi)
+            finals = [self._trial_loss(sim, observed, guess, ctx_base, x, logits, i, None, create_graph=False) for i in range(r)]
+        finally:
+            model.train(was_training)
+        totals = [float(t) for t, _ in finals]
+        objectives = [float(o) for _, o in finals]
+        best = min(range(r), key=lambda i: (totals[i] if totals[i] == totals[i] else float("inf")))
+        labels = guess.labels if not guess.trainable else logits[best].argmax(-1)  # type: ignore[index]
+        elapsed = time.perf_counter() - start
+        return AttackResult(
+            images=x[best].detach().clone(),
+            labels=labels.detach().clone(),
+            loss_curve=curves[best],
+            trial_losses=totals,
+            trial_objectives=objectives,
+            best_trial=best,
+            timing={"total_s": elapsed, "per_iteration_s": elapsed / (self.iterations * len(groups)), "iterations": self.iterations},
+            config=self.config(),
+            all_images=x.detach().clone(),
+            trial_curves=curves,
+        )
+
+    def _labels_for(self, guess: LabelGuess, logits: Tensor | None, i: int) -> Tensor:
+        return torch.softmax(logits[i], dim=-1) if logits is not None else guess.labels  # type: ignore[index,return-value]
+
+    def _trial_loss(self, sim, observed, guess, ctx_base, x, logits, i, group_mean, create_graph=True) -> tuple[Tensor, Tensor]:
+        xi = x[i]
+        with torch.enable_grad(), capture_bn_features(sim.model) as feats:
+            simulated = sim(xi, self._labels_for(guess, logits, i), create_graph=create_graph)
+            obj = self.objective(simulated, observed)
+            nbn = len(ctx_base.bn_target or feats)
+            ctx = RegContext(bn_features=list(feats[: max(nbn, 0)]), bn_target=ctx_base.bn_target, bn_targets=ctx_base.bn_targets, group_mean=group_mean)
+            total = obj
+            for _, weight, reg in self.regularizers:
+                if weight != 0.0:
+                    total = total + weight * reg(xi, ctx)
+        if not create_graph:
+            return total.detach(), obj.detach()
+        return total, obj
+
+    def _optimise(self, sim, observed, guess, ctx_base, x, logits, group, curves, gi, callback) -> None:
+        xg = x[group].clone().requires_grad_(True)
+        lg = logits[group].clone().requires_grad_(True) if logits is not None else None
+        variables = [xg] + ([lg] if lg is not None else [])
+        last: list[float] = [0.0] * len(group)
+
+        def closure() -> Tensor:
+            group_mean = xg.detach().mean(0) if len(group) > 1 else None
+            grads = [torch.zeros_like(v) for v in variables]
+            total = 0.0
+            for j in range(len(group)):
+                loss, _ = self._trial_loss(sim, observed, guess, ctx_base, xg, lg, j, group_mean)
+                for acc, g in zip(grads, torch.autograd.grad(loss, variables, allow_unused=True)):
+                    if g is not None:
+                        acc += g
+                last[j] = float(loss.detach())
+                total += last[j]
+            for v, g in zip(variables, grads):
+                v.grad = g
+            return torch.tensor(total)
+
+        def on_step(it: int, _loss: float) -> None:
+            for j, t in enumerate(group):
+                curves[t].append(last[j])
+            if callback is not None:
+                callback(gi * self.iterations + it, min(last))
+
+        self.optimizer.run(xg, variables[1:], closure, self.iterations, on_step)
+        with torch.no_grad():
+            x[group] = xg.detach()
+            if logits is not None:
+                logits[group] = lg.detach()  # type: ignore[union-attr]

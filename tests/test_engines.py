@@ -1,0 +1,70 @@
+"""The Ray engine: agreement with the inline engine, and loopback-only networking."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adversary.traffic_log import TrafficLog
+from fl_sim.simulation import run_simulation
+from server.loop import FINAL_WEIGHTS
+from tests.conftest import TINY, tiny_config
+
+RAY_TINY = [a for a in TINY if not a.startswith("engine.name")] + ["engine.name=ray", "federation.num_clients=2"]
+
+
+def _cli_command(out_dir: Path) -> list[str]:
+    sets = [arg for item in [*RAY_TINY, f"out_dir={out_dir}"] for arg in ("--set", item)]
+    return [sys.executable, "-m", "fl_sim.cli", "run", *sets]
+
+
+def _run_dir_of(cmd: list[str]) -> Path:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    match = re.search(r"run directory: (\S+)", proc.stdout)
+    assert match, proc.stdout
+    return Path(match.group(1))
+
+
+def test_ray_and_inline_engines_agree(tmp_path: Path) -> None:
+    ray_dir = _run_dir_of(_cli_command(tmp_path / "ray"))
+    inline = run_simulation(tiny_config(tmp_path / "inline", "federation.num_clients=2"))
+    a, b = load_file(str(ray_dir / FINAL_WEIGHTS)), load_file(str(inline.run_dir / FINAL_WEIGHTS))
+    assert set(a) == set(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+    assert len(TrafficLog.open(ray_dir)) == len(TrafficLog.open(inline.run_dir)) == 8
+
+
+def _loopback_only_available() -> str | None:
+    if not shutil.which("unshare") or not shutil.which("ip"):
+        return "unshare/ip not installed"
+    probe = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"cannot create a network namespace here: {probe.stderr.strip()}"
+    return None
+
+
+@pytest.mark.skipif(_loopback_only_available() is not None, reason=str(_loopback_only_available()))
+def test_ray_simulation_runs_with_only_loopback(tmp_path: Path) -> None:
+    """In a namespace where nothing but loopback exists, a Ray run must still succeed,
+    and (where strace is installed) no process may even try an outside address."""
+    command = _cli_command(tmp_path)
+    trace = tmp_path / "connect.trace"
+    if shutil.which("strace"):
+        command = ["strace", "-f", "-qq", "-e", "trace=connect", "-o", str(trace), *command]
+    inner = "ip link set lo up && exec " + " ".join(shlex.quote(a) for a in command)
+    run_dir = _run_dir_of(["unshare", "-n", "sh", "-c", inner])
+    assert len(TrafficLog.open(run_dir).messages(direction="up")) == 4
+    if trace.exists():
+        addresses = set(re.findall(r'inet_addr\("([^"]+)"\)|inet_pton\(AF_INET6, "([^"]+)"', trace.read_text()))
+        outside = {a or b for a, b in addresses} - {"127.0.0.1", "::1", "::ffff:127.0.0.1", "0.0.0.0"}
+        assert not outside, f"connections attempted outside loopback: {sorted(outside)}"
