@@ -28,6 +28,7 @@ CONFIG_JSON = "config.json"
 META_JSON = "meta.json"
 METRICS_JSONL = "metrics.jsonl"
 SUMMARY_JSON = "summary.json"
+PARTITIONS_JSON = "partitions.json"
 
 
 def package_versions() -> dict[str, str | None]:

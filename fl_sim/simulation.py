@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fl_sim.config import ConfigError, RunConfig
-from fl_sim.data import DataError
+from fl_sim.data import DataError, label_histogram
 from fl_sim.models import ModelError
-from fl_sim.rundir import SUMMARY_JSON, create_run_dir, write_json_atomic
+from fl_sim.rundir import PARTITIONS_JSON, SUMMARY_JSON, create_run_dir, write_json_atomic
 from fl_sim.task import load_task
 from server.loop import TrainingResult
 
@@ -36,6 +36,21 @@ def validate(config: RunConfig) -> None:
             raise ConfigError("engine.num_gpus_per_client: no GPU is visible; set it to 0")
 
 
+def write_partitions(config: RunConfig, run_dir: Path) -> None:
+    """Per-partition sizes and label histograms (simulation bookkeeping, not traffic)."""
+    task = load_task(config)
+    hist = label_histogram(task.dataset.train_y.numpy(), list(task.partitions), task.dataset.num_classes)
+    write_json_atomic(
+        run_dir / PARTITIONS_JSON,
+        {
+            "scheme": config.data.partition,
+            "alpha": config.data.alpha if config.data.partition == "dirichlet" else None,
+            "sizes": [int(len(p)) for p in task.partitions],
+            "label_histogram": hist.astype(int).tolist(),
+        },
+    )
+
+
 def run_simulation(config: RunConfig, *, command: list[str] | None = None) -> RunOutcome:
     from clients.app import make_client_app
     from fl_sim.engine import run_engine
@@ -43,6 +58,7 @@ def run_simulation(config: RunConfig, *, command: list[str] | None = None) -> Ru
 
     validate(config)
     run_dir = create_run_dir(config, command=command)
+    write_partitions(config, run_dir)
     box: list[TrainingResult] = []
     server_app = make_server_app(config, run_dir, on_result=box.append)
     client_app = make_client_app(config, run_dir)

@@ -21,8 +21,8 @@ from tests.conftest import TINY, tiny_config
 RAY_TINY = [a for a in TINY if not a.startswith("engine.name")] + ["engine.name=ray", "federation.num_clients=2"]
 
 
-def _cli_command(out_dir: Path) -> list[str]:
-    sets = [arg for item in [*RAY_TINY, f"out_dir={out_dir}"] for arg in ("--set", item)]
+def _cli_command(out_dir: Path, *extra: str) -> list[str]:
+    sets = [arg for item in [*RAY_TINY, f"out_dir={out_dir}", *extra] for arg in ("--set", item)]
     return [sys.executable, "-m", "fl_sim.cli", "run", *sets]
 
 
@@ -35,13 +35,19 @@ def _run_dir_of(cmd: list[str]) -> Path:
 
 
 def test_ray_and_inline_engines_agree(tmp_path: Path) -> None:
-    ray_dir = _run_dir_of(_cli_command(tmp_path / "ray"))
-    inline = run_simulation(tiny_config(tmp_path / "inline", "federation.num_clients=2"))
+    """Same seed, same sampled clients (by node id), same batches: same final weights."""
+    partial = ("federation.num_clients=3", "federation.clients_per_round=2")
+    ray_dir = _run_dir_of(_cli_command(tmp_path / "ray", *partial))
+    inline = run_simulation(tiny_config(tmp_path / "inline", *partial))
     a, b = load_file(str(ray_dir / FINAL_WEIGHTS)), load_file(str(inline.run_dir / FINAL_WEIGHTS))
     assert set(a) == set(b)
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
-    assert len(TrafficLog.open(ray_dir)) == len(TrafficLog.open(inline.run_dir)) == 8
+    ray_log, inline_log = TrafficLog.open(ray_dir), TrafficLog.open(inline.run_dir)
+    assert len(ray_log) == len(inline_log) == 8
+    for rnd in (1, 2):
+        picked = [m.dst_node for m in ray_log.messages(round=rnd, direction="down")]
+        assert picked == [m.dst_node for m in inline_log.messages(round=rnd, direction="down")]
 
 
 def _loopback_only_available() -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,8 @@ def test_fedavg_learns_on_mnist(tiny) -> None:
     assert accs[-1] > 0.5, accs  # 10 classes: chance is 0.1
     lines = (out.run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4
+    parts = json.loads((out.run_dir / "partitions.json").read_text())
+    assert sum(parts["sizes"]) == 4000 and sum(map(sum, parts["label_histogram"])) == 4000
 
 
 @pytest.mark.parametrize("protocol", ["fedsgd", "fedavg"])

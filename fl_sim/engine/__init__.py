@@ -21,7 +21,7 @@ def _inline(server_app: ServerApp, client_app: ClientApp, config: RunConfig) -> 
 def _ray(server_app: ServerApp, client_app: ClientApp, config: RunConfig) -> None:
     from fl_sim.engine.ray_engine import run_ray
 
-    run_ray(server_app, client_app, config.federation.num_clients, config.engine)
+    run_ray(server_app, client_app, config.federation.num_clients, config.engine, config.seed)
 
 
 ENGINES: dict[str, EngineFn] = {"inline": _inline, "ray": _ray}

@@ -3,13 +3,13 @@
 For tests, debugging and machines without Ray. Messages are copied through
 Flower's own protobuf serialisation on the way out and back, as on a real link,
 so neither side can share tensors with the other. Node ids are drawn from the
-run seed, which makes partial participation reproducible too.
+run seed exactly as the Ray engine draws them, so both engines sample the same
+clients.
 """
 
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Iterable
 from uuid import UUID
 
@@ -22,6 +22,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fl_sim.engine.node_ids import node_ids_for
+
 
 def _copy(message: Message) -> Message:
     return message_from_proto(message_to_proto(message))
@@ -29,13 +31,10 @@ def _copy(message: Message) -> Message:
 
 class InlineGrid(Grid):
     def __init__(self, client_app: ClientApp, num_nodes: int, seed: int) -> None:
-        rng = random.Random(seed)
-        self._rng = rng
+        self._rng = random.Random(f"inline-{seed}")
         self._client_app = client_app
-        self._run = Run.create_empty(run_id=rng.getrandbits(63))
-        self._node_ids = sorted({rng.getrandbits(63) | 1 for _ in range(num_nodes)})
-        while len(self._node_ids) < num_nodes:  # astronomically unlikely collision
-            self._node_ids = sorted(set(self._node_ids) | {rng.getrandbits(63) | 1})
+        self._run = Run.create_empty(run_id=self._rng.getrandbits(63))
+        self._node_ids = node_ids_for(seed, num_nodes)
         self._contexts = {
             node: Context(
                 run_id=self._run.run_id,
@@ -46,6 +45,7 @@ class InlineGrid(Grid):
             )
             for i, node in enumerate(self._node_ids)
         }
+        self._node_ids.sort()
         self._inbox: dict[str, Message] = {}
 
     def _new_id(self) -> str:
@@ -102,6 +102,4 @@ def run_inline(server_app: ServerApp, client_app: ClientApp, num_nodes: int, see
     TaskIdentity.run_id = grid.run.run_id
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     context = Context(run_id=grid.run.run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config={})
-    started = time.perf_counter()
     server_app(grid, context)
-    del started
