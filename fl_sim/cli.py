@@ -107,6 +107,28 @@ def _cmd_traffic_export(args: argparse.Namespace, console: Console) -> None:
     console.print(f"wrote {out}")
 
 
+def _cmd_audit(args: argparse.Namespace, console: Console) -> None:
+    from fl_sim.audit import AuditError, load_app_spec, run_audit
+    from fl_sim.audit.run_config import parse_run_config
+
+    try:
+        spec = load_app_spec(args.app, args.clientapp)
+        outcome = run_audit(
+            spec,
+            overrides=parse_run_config(args.run_config),
+            num_supernodes=args.num_supernodes,
+            engine=args.engine,
+            seed=args.seed,
+            out_dir=args.out or "runs",
+            command=sys.argv,
+        )
+    except AuditError as exc:
+        raise UserError(str(exc)) from None
+    console.print(f"\n[bold]audit done[/bold]: {outcome.messages} messages intercepted in {outcome.wall_s:.1f} s")
+    console.print(f"run directory: {outcome.run_dir}")
+    console.print(f"intercepted traffic: fl-sim traffic list {outcome.run_dir}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fl-sim", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help=f"TOML file (default: the demo, {DEMO_CONFIG.name})")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     run.set_defaults(func=_cmd_run)
+
+    audit = sub.add_parser("audit", help="run an existing, unmodified Flower app under the tap")
+    audit.add_argument("app", help="Flower app directory (pyproject.toml with [tool.flwr.app]) or SERVERAPP module:attr")
+    audit.add_argument("clientapp", nargs="?", help="CLIENTAPP module:attr, when APP is a ServerApp reference")
+    audit.add_argument("--num-supernodes", type=int, help="simulated clients (default: the app's federation, else 2)")
+    audit.add_argument("--run-config", help="overrides of the app's run config: 'key=value key2=value2'")
+    audit.add_argument("--engine", default="ray", help="ray (default) or inline")
+    audit.add_argument("--seed", type=int, default=0, help="seeds the simulated node ids")
+    audit.add_argument("--out", help="parent folder of the run directory (default: runs)")
+    audit.set_defaults(func=_cmd_audit)
 
     traffic = sub.add_parser("traffic", help="inspect an intercepted traffic log")
     tsub = traffic.add_subparsers(dest="traffic_command", required=True)

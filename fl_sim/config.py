@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -82,6 +82,17 @@ class TapConfig(_Section):
     ground_truth: bool = True
 
 
+class DefenseParams(_Section):
+    """Base of every client-side defense's typed parameters.
+
+    Each defense in ``clients/defenses/`` subclasses this with ``name: Literal[...]``
+    and its own fields, and registers both with ``@register_defense``. The
+    ``defenses`` list of :class:`RunConfig` dispatches each entry on ``name``.
+    """
+
+    name: str
+
+
 class RunConfig(_Section):
     """The whole run; sections mirror the TOML tables."""
 
@@ -94,14 +105,24 @@ class RunConfig(_Section):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tap: TapConfig = Field(default_factory=TapConfig)
+    defenses: list[SerializeAsAny[DefenseParams]] = Field(default_factory=list)
+
+    @field_validator("defenses", mode="before")
+    @classmethod
+    def _defenses(cls, value: Any) -> list[DefenseParams]:
+        # Imported lazily: the defenses live with the clients and import torch.
+        from clients.defenses.registry import parse_defenses
+
+        return parse_defenses(value)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
 
-def _one_line(error: ValidationError) -> str:
+def _one_line(error: ValidationError, prefix: str = "") -> str:
+    """The first error as one line; ``prefix`` (e.g. ``defenses[0]``) is put before its key."""
     first = error.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
+    key = ".".join([prefix, *(str(p) for p in first["loc"])] if prefix else [str(p) for p in first["loc"]])
     kind = first["type"]
     msg = first["msg"]
     if kind == "extra_forbidden":
@@ -109,7 +130,12 @@ def _one_line(error: ValidationError) -> str:
     if kind == "value_error":
         # Our own validators already phrase the message with the key.
         text = msg.removeprefix("Value error, ")
-        return text if ":" in text.split(" ")[0] else f"{key}: {text}"
+        head = text.split(" ")[0]
+        if ":" in head:
+            return f"{prefix}.{text}" if prefix and not head.startswith(prefix) else text
+        return f"{key}: {text}"
+    if kind == "missing":
+        return f"{key}: required"
     if kind == "literal_error":
         allowed = first.get("ctx", {}).get("expected", "")
         return f"{key}: must be one of {allowed} (got {first.get('input')!r})"

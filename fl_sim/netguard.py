@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,11 +75,15 @@ def init_ray_local(num_cpus: int | None = None, num_gpus: int | None = None, add
 
     if ray.is_initialized():
         return
+    # Workers must import what the driver can (a user's app directory, say), as Flower
+    # arranges when it starts Ray itself.
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
     with ray_environment():
         if address:
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False, runtime_env=runtime_env)
             return
         ray.init(
+            runtime_env=runtime_env,
             _node_ip_address=LOOPBACK,
             include_dashboard=False,
             num_cpus=num_cpus,

@@ -74,18 +74,17 @@ def _strip_none(tree: Any) -> Any:
     return tree
 
 
-def create_run_dir(config: RunConfig, *, command: list[str] | None = None) -> Path:
-    """Make a fresh run directory and write the provenance files into it."""
+def make_run_dir(out_dir: str | Path, name: str, resolved: dict[str, Any], *, seed: int, command: list[str] | None = None) -> Path:
+    """Make a fresh, uniquely named run directory and write the provenance files into it."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(config.out_dir) / f"{config.name}-{stamp}-{secrets.token_hex(2)}"
+    run_dir = Path(out_dir) / f"{name}-{stamp}-{secrets.token_hex(2)}"
     run_dir.mkdir(parents=True, exist_ok=False)
-    resolved = config.to_dict()
     (run_dir / CONFIG_TOML).write_text(tomli_w.dumps(_strip_none(resolved)))
     write_json_atomic(run_dir / CONFIG_JSON, resolved)
     write_json_atomic(
         run_dir / META_JSON,
         {
-            "seed": config.seed,
+            "seed": seed,
             "created": _dt.datetime.now().isoformat(timespec="seconds"),
             "versions": package_versions(),
             "python": sys.version.split()[0],
@@ -95,6 +94,10 @@ def create_run_dir(config: RunConfig, *, command: list[str] | None = None) -> Pa
         },
     )
     return run_dir
+
+
+def create_run_dir(config: RunConfig, *, command: list[str] | None = None) -> Path:
+    return make_run_dir(config.out_dir, config.name, config.to_dict(), seed=config.seed, command=command)
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:

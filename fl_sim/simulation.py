@@ -26,9 +26,13 @@ def validate(config: RunConfig) -> None:
     """Everything that can fail on user input, checked before any file is written."""
     try:
         task = load_task(config)
-        task.new_model()
+        model = task.new_model()
     except (DataError, ModelError) as exc:
         raise ConfigError(str(exc)) from None
+    if config.defenses:
+        from clients.defenses import build_defenses  # the clients' side; raises ConfigError
+
+        build_defenses(config, input_shape=task.dataset.input_shape, num_classes=task.dataset.num_classes, model=model)
     if config.engine.name == "ray" and config.engine.num_gpus_per_client > 0:
         import torch
 

@@ -1,0 +1,1 @@
+"""quickstart-legacy: a Flower / PyTorch app (strategy + NumPyClient)."""

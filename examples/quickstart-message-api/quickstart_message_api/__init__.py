@@ -1,0 +1,1 @@
+"""quickstart-message-api: a Flower / PyTorch app."""

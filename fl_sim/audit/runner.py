@@ -1,0 +1,121 @@
+"""Run a user's Flower app under the tap and leave an ordinary run directory behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from adversary.tap import TappedGrid
+from adversary.traffic_log import TrafficLog, TrafficWriter
+from fl_sim.audit.app_ref import AuditError, FlowerAppSpec, import_component
+from fl_sim.audit.run_config import merge_run_config
+from fl_sim.audit.wrappers import ConfiguredClientApp, tapped_server_app
+from fl_sim.config import EngineConfig
+from fl_sim.rundir import make_run_dir
+
+APP_WORKDIR = "app_workdir"
+ENGINES = ("ray", "inline")
+
+
+@dataclass
+class AuditOutcome:
+    run_dir: Path
+    messages: int
+    wall_s: float
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path):  # noqa: ANN202
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def execute_app(
+    user_server: ServerApp,
+    user_client: ClientApp,
+    run_config: dict[str, Any],
+    *,
+    nodes: int,
+    engine: str,
+    seed: int,
+    workdir: Path,
+    tap: Callable[[Grid], Grid] | None = None,
+) -> None:
+    """Run the user's apps as they are, in ``workdir``; ``tap`` wraps the server's Grid."""
+    server_app = tapped_server_app(user_server, run_config, tap or (lambda grid: grid))
+    client_app = ConfiguredClientApp(user_client, run_config)
+    with _working_directory(workdir):
+        if engine == "ray":
+            from fl_sim.engine.ray_engine import run_ray
+
+            run_ray(server_app, client_app, nodes, EngineConfig(), seed)
+        else:
+            from fl_sim.engine.inline import run_inline
+
+            run_inline(server_app, client_app, nodes, seed)
+
+
+def run_audit(
+    spec: FlowerAppSpec,
+    *,
+    overrides: dict[str, Any] | None = None,
+    num_supernodes: int | None = None,
+    engine: str = "ray",
+    seed: int = 0,
+    out_dir: str | Path = "runs",
+    name: str = "audit",
+    command: list[str] | None = None,
+) -> AuditOutcome:
+    """Everything is validated before the run directory is made; a run that
+    captures nothing is removed again and reported as an error."""
+    if engine not in ENGINES:
+        raise AuditError(f"--engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
+    nodes = num_supernodes or spec.num_supernodes or 2
+    if nodes < 1:
+        raise AuditError(f"--num-supernodes: must be >= 1, got {nodes}")
+    run_config = merge_run_config(spec.defaults, overrides or {})
+    user_server = import_component(spec.serverapp, "serverapp", ServerApp, spec.root)
+    user_client = import_component(spec.clientapp, "clientapp", ClientApp, spec.root)
+
+    resolved = {
+        "kind": "audit",
+        "app": spec.describe(),
+        "run_config": run_config,
+        "num_supernodes": nodes,
+        "engine": engine,
+        "seed": seed,
+        "role": "curious-server",
+    }
+    run_dir = make_run_dir(out_dir, name, resolved, seed=seed, command=command).resolve()
+    workdir = run_dir / APP_WORKDIR
+    workdir.mkdir()
+    writer = TrafficWriter(run_dir)
+
+    start = time.perf_counter()
+    try:
+        execute_app(
+            user_server, user_client, run_config, nodes=nodes, engine=engine, seed=seed, workdir=workdir,
+            tap=lambda grid: TappedGrid(grid, writer),
+        )
+    finally:
+        writer.close()
+    wall = time.perf_counter() - start
+    with TrafficLog.open(run_dir) as log:
+        count = len(log)
+    if count == 0:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise AuditError("no messages captured: the app's ServerApp sent nothing through its Grid")
+    return AuditOutcome(run_dir, count, wall)

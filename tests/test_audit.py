@@ -1,0 +1,106 @@
+"""Auditing unmodified Flower apps (both API styles) under the tap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adversary.traffic_log import TrafficLog
+from fl_sim.audit import AuditError, load_app_spec, run_audit
+from fl_sim.audit.app_ref import import_component
+from fl_sim.audit.run_config import merge_run_config, parse_run_config
+from fl_sim.audit.runner import APP_WORKDIR, execute_app
+from fl_sim.cli import main
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+APPS = {
+    "message-api": ("quickstart-message-api", "final_model.pt"),
+    "legacy": ("quickstart-legacy", "final_model.npz"),
+}
+SHORT = {"num-server-rounds": 2, "max-steps": 5}
+
+
+def _weights(path: Path) -> list[np.ndarray]:
+    if path.suffix == ".pt":
+        return [t.numpy() for t in torch.load(path).values()]
+    with np.load(path) as data:
+        return [data[k] for k in sorted(data.files, key=lambda k: int(k.split("_")[1]))]
+
+
+@pytest.mark.parametrize("style", sorted(APPS))
+def test_audit_captures_every_message_and_does_not_change_the_app(style: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder, weights_file = APPS[style]
+    spec = load_app_spec(str(EXAMPLES / folder))
+    out = run_audit(spec, overrides=SHORT, engine="inline", out_dir=tmp_path / "runs")
+    # 2 rounds x 2 clients x (train + evaluate) x (down + up)
+    assert out.messages == 16
+    log = TrafficLog.open(out.run_dir)
+    ups = log.messages(direction="up", message_type="train")
+    assert len(ups) == 4 and all(len(m.tensors) > 0 for m in ups)
+    assert log.rounds() == [1, 2]
+
+    # The same app, same seed, without the tap: identical final weights.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    run_config = merge_run_config(spec.defaults, SHORT)
+    execute_app(
+        import_component(spec.serverapp, "serverapp", object, spec.root),
+        import_component(spec.clientapp, "clientapp", object, spec.root),
+        run_config, nodes=2, engine="inline", seed=0, workdir=plain,
+    )
+    tapped = _weights(out.run_dir / APP_WORKDIR / weights_file)
+    untapped = _weights(plain / weights_file)
+    assert len(tapped) == len(untapped) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(tapped, untapped))
+
+    # The run directory is an ordinary one for the traffic commands.
+    assert main(["traffic", "show", str(out.run_dir), str(ups[0].id)]) == 0
+    shown = capsys.readouterr().out
+    assert all(t.name in shown for t in ups[0].tensors)
+
+
+def test_audit_with_ray_engine_matches_inline(tmp_path: Path) -> None:
+    spec = load_app_spec(str(EXAMPLES / "quickstart-message-api"))
+    ray_out = run_audit(spec, overrides=SHORT, engine="ray", out_dir=tmp_path / "ray")
+    inline_out = run_audit(spec, overrides=SHORT, engine="inline", out_dir=tmp_path / "inline")
+    assert ray_out.messages == inline_out.messages == 16
+    a = _weights(ray_out.run_dir / APP_WORKDIR / "final_model.pt")
+    b = _weights(inline_out.run_dir / APP_WORKDIR / "final_model.pt")
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["examples/missing"], "APP: no such app directory"),
+        (["examples/quickstart-legacy", "--run-config", "rounds=2"], "--run-config: unknown key 'rounds'"),
+        (["examples/quickstart-legacy", "--run-config", "lr=fast"], "--run-config: lr expects float"),
+        (["examples/quickstart-legacy", "--engine", "spark"], "--engine: must be one of ray, inline"),
+        (["nosuch.module:app", "other:app"], "serverapp: cannot import 'nosuch.module'"),
+        (["quickstart_legacy.server_app", "x:y"], "serverapp: expected module:attribute"),
+    ],
+)
+def test_audit_errors_are_one_line_and_write_nothing(args: list[str], expected: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(EXAMPLES.parent)
+    code = main(["audit", *args, "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and expected in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_app_directory_without_components_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[tool.flwr.app.components]\nserverapp = 'a:b'\n")
+    with pytest.raises(AuditError, match="lacks .* clientapp"):
+        load_app_spec(str(tmp_path))
+
+
+def test_run_config_syntax() -> None:
+    assert parse_run_config("num-server-rounds=3 lr=0.1 name='x y' flag=true") == {
+        "num-server-rounds": 3, "lr": 0.1, "name": "x y", "flag": True,
+    }
+    assert merge_run_config({"lr": 0.5}, {"lr": 1}) == {"lr": 1.0}
