@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -139,7 +140,7 @@ def _jsonable(value: Any) -> Any:
 
 
 class TrafficWriter:
-    """Append-only writer; one per run, used from the server's thread."""
+    """Append-only writer; one per run, safe to share between the server's threads."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.root = Path(run_dir) / TRAFFIC_DIR
@@ -147,10 +148,16 @@ class TrafficWriter:
         self._conn = _connect(self.root / INDEX_DB)
         self._conn.executescript(_SCHEMA)
         self._conn.commit()
+        self._lock = threading.Lock()
 
     def append(self, record: OutgoingRecord) -> int:
         if record.direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {record.direction!r}")
+        # Legacy Flower strategies reach the Grid (and so the tap) from several threads.
+        with self._lock:
+            return self._append(record)
+
+    def _append(self, record: OutgoingRecord) -> int:
         cur = self._conn.execute(
             "INSERT INTO messages (round, direction, src_node, dst_node, message_type, flower_id,"
             " reply_to, group_id, num_bytes, sha256, created_at, logged_at, metrics, config, error)"

@@ -8,19 +8,31 @@ Message contract (Flower Message API):
 
 Tensors listed by :meth:`fl_sim.task.Task.local_keys` never enter a reply; they
 persist across rounds in ``context.state``.
+
+Defenses (``config.defenses``, :mod:`clients.defenses`) run here: the batch
+encoder on each batch before its step, the gradient-step hook inside the step,
+the update transforms on the outgoing update (FedSGD: the gradients; FedAvg: the
+delta ``new - received`` of the trained parameters, sent as ``received + delta``
+or as the delta with ``upload="delta"``). Buffers (e.g. BN running statistics)
+are not transformed. Encoding keys and encoded images go to the ground-truth
+sidecar only; the reply's metrics carry ``defense-s`` (seconds spent in defenses)
+and what defenses report (``dp-epsilon``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
 from adversary.ground_truth import record_private_batch
+from clients.defenses import EncodeContext, RoundContext, RoundDefenses, build_defenses
 from clients.training import LocalResult, evaluate, fedavg_steps, fedsgd_step, sample_batches
 from fl_sim.config import RunConfig
 from fl_sim.task import Task, load_task
@@ -48,6 +60,9 @@ class ClientRuntime:
         self.task = load_task(config)
         self.model = self.task.new_model()
         self.initial = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.defenses = build_defenses(
+            config, input_shape=self.task.dataset.input_shape, num_classes=self.task.dataset.num_classes, model=self.model
+        )
         if os.environ.get("FL_SIM_WORKER_THREADS"):
             torch.set_num_threads(int(os.environ["FL_SIM_WORKER_THREADS"]))
 
@@ -79,28 +94,78 @@ class ClientRuntime:
                 partition=partition,
             )
         ]
+        defenses = self.defenses.for_round(seed=self.config.seed, round=rnd, partition=partition)
+        encoded = [self._encode(defenses, x, y, idx, partition) for x, y, idx in batches]
+        grad_fn = defenses.grad_fn()
         content = RecordDict()
         if cfg.protocol == "fedsgd":
-            x, y, idx = batches[0]
-            result, grads = fedsgd_step(model, x, y, idx, lr=cfg.lr, local_params=local_keys)
+            x, y, idx = encoded[0][0]
+            result, grads = fedsgd_step(model, x, y, idx, lr=cfg.lr, local_params=local_keys, grad_fn=grad_fn)
+            if self.defenses.transforms:
+                grads = defenses.transform(grads)
             content["arrays"] = _to_record(grads)
             buffers = {k: v for k, v in model.state_dict().items() if k in set(self.task.shared_keys(model)) and k not in grads}
             if buffers:
                 content["buffers"] = _to_record(buffers)
         else:
             received = message.content["arrays"].to_torch_state_dict()
-            result = fedavg_steps(model, batches, lr=cfg.lr)
+            result = fedavg_steps(model, [b for b, _ in encoded], lr=cfg.lr, grad_fn=grad_fn)
             sd = model.state_dict()
             shared = {k: sd[k] for k in self.task.shared_keys(model)}
+            delta: dict[str, torch.Tensor] = {}
+            if self.defenses.transforms:
+                trained = [k for k, _ in model.named_parameters() if k in shared]
+                delta = defenses.transform({k: shared[k] - received[k] for k in trained})
             if cfg.upload == "delta":
-                shared = {k: v - received[k] for k, v in shared.items()}
+                shared = {k: delta[k] if k in delta else v - received[k] for k, v in shared.items()}
+            else:
+                shared.update({k: received[k] + d for k, d in delta.items()})
             content["arrays"] = _to_record(shared)
-        content["metrics"] = MetricRecord(
-            {"num-examples": result.num_examples, "train-loss": result.loss, "compute-s": result.compute_s}
-        )
+        metrics = {"num-examples": result.num_examples, "train-loss": result.loss, "compute-s": result.compute_s}
+        if self.defenses:
+            metrics.update(
+                defenses.round_metrics(
+                    RoundContext(
+                        state=context.state,
+                        round=rnd,
+                        steps=steps,
+                        batch_size=len(batches[0][2]),
+                        partition_size=len(self.task.partitions[partition]),
+                    )
+                )
+            )
+            metrics["defense-s"] = defenses.seconds
+            result.steps = [
+                dataclasses.replace(step, images=truth[0], labels=truth[1], extra={**step.extra, **truth[2]})
+                if truth is not None
+                else step
+                for step, (_, truth) in zip(result.steps, encoded)
+            ]
+        content["metrics"] = MetricRecord(metrics)
         _keep_local(self.task, model, context)
         self._record_ground_truth(message, context, partition, rnd, result)
         return Message(content=content, reply_to=message)
+
+    def _encode(self, defenses: RoundDefenses, x: torch.Tensor, y: torch.Tensor, idx: np.ndarray, partition: int):
+        """((model input, target, indices), ground truth or None) for one batch.
+
+        With an encoder, the ground truth is (private images, private labels, extra
+        arrays: encoding keys, ``encoded`` images and ``encoded_labels``)."""
+        data = self.task.dataset
+        ctx = EncodeContext(
+            indices=np.asarray(idx), pool=self.task.partitions[partition], train_x=data.train_x, train_y=data.train_y,
+            num_classes=data.num_classes,
+        )
+        out = defenses.encode(x, y, ctx)
+        if out is None:
+            return (x, y, idx), None
+        x_enc, y_enc, keys = out
+        extra = {
+            **{k: np.ascontiguousarray(v) for k, v in keys.items()},
+            "encoded": x_enc.detach().cpu().numpy().astype(np.float32),
+            "encoded_labels": y_enc.detach().cpu().numpy().astype(np.float32),
+        }
+        return (x_enc, y_enc, idx), (x, y, extra)
 
     def evaluate(self, message: Message, context: Context) -> Message:
         model = self._fresh_model(message, context)
@@ -119,7 +184,11 @@ class ClientRuntime:
             partition_id=partition,
             round=rnd,
             steps=[s.as_arrays() for s in result.steps],
-            extra={"protocol": self.config.federation.protocol, "lr": self.config.federation.lr},
+            extra={
+                "protocol": self.config.federation.protocol,
+                "lr": self.config.federation.lr,
+                "defenses": [d.model_dump(mode="json") for d in self.config.defenses],
+            },
         )
 
 

@@ -2,13 +2,19 @@
 
 Pure PyTorch. Each step also captures what an evaluator needs to score an attack
 later: the batch itself and the BatchNorm statistics of its forward pass.
+
+Labels may be hard (int64, shape (N,)) or soft (float, shape (N, num_classes),
+e.g. mixed labels from MixUp/InstaHide); the loss is cross-entropy either way
+(with soft targets: ``-sum_c y_c log softmax(z)_c``, averaged over the batch).
+A defense may replace how a batch's gradient is computed by passing ``grad_fn``
+(same signature and result as :func:`gradient_step`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,14 +58,17 @@ class StepRecord:
     labels: torch.Tensor
     indices: np.ndarray
     bn_stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. defense keys, encoded images
 
     def as_arrays(self) -> dict[str, np.ndarray]:
+        labels = self.labels.detach().cpu().numpy()
         arrays = {
             "images": self.images.detach().cpu().numpy().astype(np.float32),
-            "labels": self.labels.detach().cpu().numpy().astype(np.int64),
+            "labels": labels.astype(np.float32 if labels.dtype.kind == "f" else np.int64),
             "indices": np.asarray(self.indices, dtype=np.int64),
         }
         arrays.update({f"bn/{k}": v.cpu().numpy().astype(np.float32) for k, v in self.bn_stats.items()})
+        arrays.update(self.extra)
         return arrays
 
 
@@ -94,7 +103,9 @@ def sample_batches(
 def gradient_step(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, nn.Parameter]
 ) -> tuple[float, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Loss, gradients w.r.t. ``params`` and BN batch statistics for one batch."""
+    """Loss, gradients w.r.t. ``params`` and BN batch statistics for one batch.
+
+    ``y``: hard labels (N,) or soft labels (N, num_classes)."""
     model.train()
     with capture_bn_batch_stats(model) as stats:
         loss = F.cross_entropy(model(x), y)
@@ -103,14 +114,27 @@ def gradient_step(
     return float(loss.detach()), out, dict(stats)
 
 
+GradFn = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, dict[str, nn.Parameter]],
+    tuple[float, dict[str, torch.Tensor], dict[str, torch.Tensor]],
+]
+
+
 def fedsgd_step(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, indices: np.ndarray, *, lr: float, local_params: set[str]
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    indices: np.ndarray,
+    *,
+    lr: float,
+    local_params: set[str],
+    grad_fn: GradFn | None = None,
 ) -> tuple[LocalResult, dict[str, torch.Tensor]]:
     """One gradient on one batch. Parameters kept local (FedBN) are stepped here;
     the others' gradients are returned for the server to average."""
     start = time.perf_counter()
     params = dict(model.named_parameters())
-    loss, grads, stats = gradient_step(model, x, y, params)
+    loss, grads, stats = (grad_fn or gradient_step)(model, x, y, params)
     with torch.no_grad():
         for name in local_params & params.keys():
             params[name].sub_(lr * grads[name])
@@ -120,20 +144,33 @@ def fedsgd_step(
 
 
 def fedavg_steps(
-    model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]], *, lr: float
+    model: nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]],
+    *,
+    lr: float,
+    grad_fn: GradFn | None = None,
 ) -> LocalResult:
-    """Plain SGD over the given batches (the local steps of FedAvg)."""
+    """Plain SGD over the given batches (the local steps of FedAvg).
+
+    With ``grad_fn`` each step's gradient comes from it (e.g. DP-SGD) instead of backprop."""
     start = time.perf_counter()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     model.train()
     records, total = [], 0.0
     for x, y, idx in batches:
         optimizer.zero_grad(set_to_none=True)
-        with capture_bn_batch_stats(model) as stats:
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
+        if grad_fn is None:
+            with capture_bn_batch_stats(model) as stats:
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            loss_value = float(loss.detach())
+        else:
+            params = dict(model.named_parameters())
+            loss_value, grads, stats = grad_fn(model, x, y, params)
+            for name, p in params.items():
+                p.grad = grads[name].detach().to(p.dtype)
         optimizer.step()
-        total += float(loss.detach())
+        total += loss_value
         records.append(StepRecord(x, y, idx, dict(stats)))
     return LocalResult(total / len(batches), sum(len(b[1]) for b in batches), time.perf_counter() - start, records)
 

@@ -129,6 +129,67 @@ def _cmd_audit(args: argparse.Namespace, console: Console) -> None:
     console.print(f"intercepted traffic: fl-sim traffic list {outcome.run_dir}")
 
 
+def _attack_overrides(assignments: list[str]) -> tuple[dict, dict]:
+    from fl_sim.config import apply_override
+
+    tree: dict = {}
+    for assignment in assignments:
+        apply_override(tree, assignment)
+    unknown = set(tree) - {"attack", "threat"}
+    if unknown:
+        raise UserError(f"--set: {sorted(unknown)[0]}: unknown section; use attack.<key> or threat.<key>")
+    return tree.get("attack", {}), tree.get("threat", {})
+
+
+def _attack_targets(args: argparse.Namespace) -> list[int]:
+    from adversary.observation import client_updates
+
+    with _open_log(args.run_dir) as log:
+        if args.msg is not None:
+            return [args.msg]
+        if args.round is None:
+            raise UserError("--round: give the round to attack (or --msg MSG_ID)")
+        updates = client_updates(log, round=args.round, client=None if args.all else args.client)
+        if not args.all and args.client is None:
+            raise UserError("--client: give the client node id to attack, or --all for every client of the round")
+    if not updates:
+        raise UserError(f"--round/--client: no captured client update matches (round {args.round}, client {args.client})")
+    return [m.id for m in updates]
+
+
+def _cmd_attack(args: argparse.Namespace, console: Console) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from adversary.attack_job import run_attack_on_message
+    from adversary.attacks import ConfigError as AttackConfigError
+    from adversary.attacks import ThreatModelError
+    from adversary.grants import GrantError
+    from adversary.traffic_log import TrafficLogError
+
+    attack_overrides, threat = _attack_overrides(args.set or [])
+    targets = _attack_targets(args)
+    for msg_id in targets:
+        with Progress(TextColumn(f"attack msg {msg_id}"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.description}"),
+                      TimeElapsedColumn(), console=console, transient=True) as progress:
+            bar = progress.add_task("-", total=None)
+
+            def update(iteration: int, loss: float) -> None:
+                progress.update(bar, completed=iteration + 1, description=f"{loss:.4g}")
+
+            try:
+                outcome = run_attack_on_message(args.run_dir, msg_id, args.preset, attack_overrides=attack_overrides,
+                                                threat=threat, progress=update)
+            except (AttackConfigError, ThreatModelError, GrantError, TrafficLogError, KeyError) as exc:
+                raise UserError(str(exc).strip("'\"")) from None
+        m = outcome.metrics
+        line = f"msg {msg_id} (round {m['round']}): objective {m['objective']:.4g}"
+        if "lpips_avg" in m:
+            line += (f"  LPIPS avg {m['lpips_avg']:.3f} best {m['lpips_best']:.3f}  PSNR avg {m['psnr_avg']:.2f} dB"
+                     f"  labels {m['label_accuracy']:.0%}")
+        console.print(line)
+        console.print(f"  outputs: {outcome.out_dir}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fl-sim", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--seed", type=int, default=0, help="seeds the simulated node ids")
     audit.add_argument("--out", help="parent folder of the run directory (default: runs)")
     audit.set_defaults(func=_cmd_audit)
+
+    attack = sub.add_parser("attack", help="run a gradient inversion attack on intercepted updates")
+    attack.add_argument("run_dir")
+    attack.add_argument("--preset", default="inverting-gradients",
+                        help="dlg, idlg, inverting-gradients, huang-eq3, gradinversion")
+    attack.add_argument("--msg", type=int, help="the traffic-log id of a client update")
+    attack.add_argument("--round", type=int)
+    attack.add_argument("--client", type=int, help="client node id (see fl-sim traffic list)")
+    attack.add_argument("--all", action="store_true", help="every captured client update of --round")
+    attack.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="attack.<key> (e.g. attack.iterations=500, attack.regularizers.tv.weight=0.1) or "
+                             "threat.<key> (labels=known|infer|unknown, bn_stats=exact|proxy|infer|none)")
+    attack.set_defaults(func=_cmd_attack)
 
     traffic = sub.add_parser("traffic", help="inspect an intercepted traffic log")
     tsub = traffic.add_subparsers(dest="traffic_command", required=True)

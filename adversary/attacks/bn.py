@@ -158,12 +158,22 @@ def _bn_counts(model: nn.Module, image_shape: tuple[int, ...], num_images: int) 
 
 
 def infer_bn_from_update(inputs: AttackInputs, threat_model: ThreatModel, momentum: float | None = None) -> Stats | None:
-    """Exact batch statistics from a one-step FedAvg update that includes running stats, else None."""
-    if inputs.update_kind == "gradient" or threat_model.local_steps != 1 or threat_model.num_images is None:
+    """Exact batch statistics from one local step's running-statistics update, else None.
+
+    A one-step FedAvg update carries them as part of the weight delta; a FedSGD
+    reply without FedBN carries the client's new running statistics beside the
+    gradient (``inputs.extra["running_stats"]``, absolute values).
+    """
+    if threat_model.local_steps != 1 or threat_model.num_images is None:
         return None
     names = bn_names(inputs.model)
     modules = dict(inputs.model.named_modules())
-    delta = inputs.observed_delta()
+    if inputs.update_kind == "gradient":
+        running = inputs.extra.get("running_stats") or {}
+        delta = {k: v - modules[k.rsplit(".", 1)[0]].get_buffer(k.rsplit(".", 1)[1]) for k, v in running.items()
+                 if k.rsplit(".", 1)[0] in modules}
+    else:
+        delta = inputs.observed_delta()
     keys = [(f"{n}.running_mean", f"{n}.running_var") for n in names]
     if not names or not all(a in delta and b in delta for a, b in keys):
         return None

@@ -126,15 +126,19 @@ def lpips_distance(x: Tensor, y: Tensor, net: str = "alex") -> Tensor:
     """Per-image LPIPS between images in [0, 1] of shape (N, C, H, W); returns Tensor[N].
 
     Gradients flow to the inputs (the model's own parameters are frozen).
-    Never pass dataset-normalized tensors: see the module docstring.
+    Never pass dataset-normalized tensors: see the module docstring. Images
+    smaller than the backbone accepts (MNIST's 28x28 for AlexNet) are upsampled
+    bilinearly to 32x32 first, both sides alike.
     """
     if x.shape != y.shape:
         raise ValueError(f"shape mismatch: {tuple(x.shape)} vs {tuple(y.shape)}")
     x, y = _as_rgb(x).float(), _as_rgb(y).float()
     model = load_lpips(net, x.device)
-    side = min(x.shape[-2:])
-    if side < _MIN_SIDE[net]:
-        raise ValueError(f"image side {side} is too small for LPIPS-{net} (min {_MIN_SIDE[net]}); resize first")
     _check_unit_range(x, "x")
     _check_unit_range(y, "y")
+    side = min(x.shape[-2:])
+    if side < _MIN_SIDE[net]:
+        size = max(32, _MIN_SIDE[net])
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+        y = torch.nn.functional.interpolate(y, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
     return model(x, y.to(x.device), normalize=True).reshape(-1)

@@ -10,6 +10,7 @@ clients.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterable
 from uuid import UUID
 
@@ -47,6 +48,7 @@ class InlineGrid(Grid):
         }
         self._node_ids.sort()
         self._inbox: dict[str, Message] = {}
+        self._lock = threading.RLock()
 
     def _new_id(self) -> str:
         return str(UUID(int=self._rng.getrandbits(128), version=4))
@@ -68,6 +70,10 @@ class InlineGrid(Grid):
         return [NodeInfo(node_id=n) for n in self._node_ids]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        with self._lock:
+            return self._push(messages)
+
+    def _push(self, messages: Iterable[Message]) -> list[str]:
         ids = []
         for message in messages:
             if message.metadata.dst_node_id not in self._contexts:
@@ -79,18 +85,18 @@ class InlineGrid(Grid):
 
     def _deliver(self, message: Message) -> Message:
         node = message.metadata.dst_node_id
-        TaskIdentity.node_id = node
         try:
             reply = self._client_app(message, self._contexts[node])
         except Exception as exc:  # a client crash becomes an error reply, as in Flower
             reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc).__name__}: {exc}"), reply_to=message)
-        finally:
-            TaskIdentity.node_id = SUPERLINK_NODE_ID
         reply.metadata.__dict__["_message_id"] = self._new_id()
         return _copy(reply)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._deliver(self._inbox.pop(mid)) for mid in list(message_ids) if mid in self._inbox]
+        # Legacy strategies talk to the Grid from several threads; clients run one at a time.
+        with self._lock:
+            pending = [self._inbox.pop(mid) for mid in list(message_ids) if mid in self._inbox]
+            return [self._deliver(message) for message in pending]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return list(self.pull_messages(self.push_messages(messages)))

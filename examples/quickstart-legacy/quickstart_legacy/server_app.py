@@ -32,9 +32,9 @@ def server_fn(context: Context):
         num_rounds,
         fraction_fit=context.run_config["fraction-fit"],
         fraction_evaluate=1.0,
-        min_fit_clients=1,
-        min_evaluate_clients=1,
-        min_available_clients=1,
+        min_fit_clients=2,
+        min_evaluate_clients=2,
+        min_available_clients=2,
         initial_parameters=parameters,
         on_fit_config_fn=lambda server_round: {"lr": lr},
     )

@@ -21,7 +21,7 @@ def main(grid: Grid, context: Context) -> None:
     global_model = Net()
     arrays = ArrayRecord(global_model.state_dict())
 
-    strategy = FedAvg(fraction_train=fraction_train, min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+    strategy = FedAvg(fraction_train=fraction_train)
     result = strategy.start(
         grid=grid,
         initial_arrays=arrays,

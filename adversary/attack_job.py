@@ -1,0 +1,110 @@
+"""One attack on one intercepted update, from the traffic log to the outputs on disk.
+
+The attacker's inputs come from the traffic log plus the threat model's explicit
+grants; the ground-truth sidecar is read again only afterwards, to score.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from adversary.attacks import ThreatModel, build_attack, label_accuracy, preset_config
+from adversary.ground_truth import GroundTruth
+from adversary.grants import grant_inputs, private_batch, threat_model_for
+from adversary.metrics import evaluate_reconstruction
+from adversary.observation import Observation, observe
+from adversary.report import ATTACK_JSON, GRID_PNG, METRICS_JSON, save_grid, save_loss_curve, write_json
+
+ATTACKS_DIR = "attacks"
+Progress = Callable[[int, float], None]
+
+
+@dataclass
+class AttackOutcome:
+    out_dir: Path
+    metrics: dict[str, Any]
+
+
+def _open_truth(run_dir: Path) -> GroundTruth | None:
+    try:
+        return GroundTruth.open(run_dir)
+    except FileNotFoundError:
+        return None
+
+
+def score(obs: Observation, images: torch.Tensor, labels: torch.Tensor, truth: GroundTruth | None) -> dict[str, Any]:
+    """Matched LPIPS/PSNR/SSIM and label accuracy against the private batch, if known."""
+    if truth is None:
+        return {}
+    ev = private_batch(obs, truth)
+    if len(images) < len(ev.images):
+        return {"note": f"reconstructed {len(images)} images for a batch of {len(ev.images)}"}
+    metrics = evaluate_reconstruction(images, ev.images)
+    metrics["label_accuracy"] = label_accuracy(labels, ev.labels)
+    metrics["num_images"] = len(ev.images)
+    return metrics
+
+
+def run_attack_on_message(
+    run_dir: str | Path,
+    msg_id: int,
+    preset: str,
+    *,
+    attack_overrides: dict[str, Any] | None = None,
+    threat: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> AttackOutcome:
+    run_dir = Path(run_dir)
+    obs = observe(run_dir, msg_id)
+    threat_model: ThreatModel = threat_model_for(obs, threat)
+    truth = _open_truth(run_dir)
+    inputs = grant_inputs(obs, threat_model, truth)
+    resolved = preset_config(preset, attack_overrides)
+    attack = build_attack(preset, attack_overrides)
+    attack.check(inputs, threat_model)
+    result = attack.run(inputs, threat_model, callback=progress)
+
+    metrics = score(obs, result.images, result.labels, truth)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = run_dir / ATTACKS_DIR / f"r{obs.round}-m{msg_id}-{preset}-{stamp}-{secrets.token_hex(2)}"
+    out_dir.mkdir(parents=True)
+    originals = None
+    if truth is not None and "perm" in metrics:
+        originals = private_batch(obs, truth).images
+        matched = result.images[torch.as_tensor(metrics["perm"])]
+        save_grid(out_dir / GRID_PNG, matched, originals)
+    else:
+        save_grid(out_dir / GRID_PNG, result.images)
+    save_loss_curve(out_dir, result.loss_curve, f"{preset} on message {msg_id} (round {obs.round})")
+    save_file({"images": result.images.contiguous(), "labels": result.labels.contiguous()}, str(out_dir / "reconstruction.safetensors"))
+    summary = {
+        "message": msg_id,
+        "round": obs.round,
+        "client_node": obs.client,
+        "preset": preset,
+        "objective": result.objective,
+        "trial_losses": result.trial_losses,
+        "timing": result.timing,
+        **{k: v for k, v in metrics.items()},
+    }
+    write_json(out_dir / METRICS_JSON, summary)
+    write_json(
+        out_dir / ATTACK_JSON,
+        {
+            "preset": preset,
+            "resolved": resolved,
+            "overrides": attack_overrides or {},
+            "threat_model": threat_model.__dict__,
+            "update_kind": obs.update_kind,
+            "message": msg_id,
+        },
+    )
+    return AttackOutcome(out_dir, summary)

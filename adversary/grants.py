@@ -1,0 +1,101 @@
+"""Explicit grants: what the threat model allows the attacker beyond the traffic.
+
+The evaluator holds the ground-truth sidecar and hands the attack exactly what
+the threat model grants (labels, the private batch's BatchNorm statistics),
+nothing else. What the traffic itself reveals (the batch size the client reports,
+the local hyperparameters the server sends) is filled in from the observation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from adversary.attacks import AttackInputs, ThreatModel, ThreatModelError
+from adversary.ground_truth import GroundTruth, PrivateBatch
+from adversary.observation import Observation
+from fl_sim.models import bn_layers
+
+
+class GrantError(ValueError):
+    """A threat-model choice that cannot be honoured for this observation; one line."""
+
+
+THREAT_KEYS = tuple(f.name for f in fields(ThreatModel))
+
+
+def default_threat_model(obs: Observation) -> dict[str, Any]:
+    """The paper's strongest attacker, with what the traffic reveals."""
+    has_bn = bool(bn_layers(obs.model))
+    return {
+        "labels": "known",
+        "bn_stats": "exact" if has_bn else "none",
+        "num_images": obs.num_examples,
+        "local_steps": obs.local["local_steps"] if obs.update_kind != "gradient" else 1,
+        "local_lr": obs.local["lr"],
+        "local_batch_size": obs.local["batch_size"],
+        "mixing_keys": False,
+    }
+
+
+def threat_model_for(obs: Observation, choices: dict[str, Any] | None = None) -> ThreatModel:
+    values = default_threat_model(obs)
+    for key, value in (choices or {}).items():
+        if key not in THREAT_KEYS:
+            raise GrantError(f"threat.{key}: unknown key; choose one of: {', '.join(THREAT_KEYS)}")
+        values[key] = value
+    try:
+        return ThreatModel(**values)
+    except ThreatModelError as exc:
+        raise GrantError(str(exc)) from None
+
+
+@dataclass
+class Evaluation:
+    """The private data behind an observation, for scoring only."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    batch: PrivateBatch
+
+
+def private_batch(obs: Observation, truth: GroundTruth) -> Evaluation:
+    batch = truth.batch_for(obs.reply.reply_to or "")
+    if batch is None:
+        raise GrantError(f"MSG_ID: the ground-truth sidecar has no private batch for message {obs.reply.id}")
+    images = torch.cat([torch.from_numpy(s["images"]) for s in batch.steps])
+    labels = torch.cat([torch.from_numpy(s["labels"]) for s in batch.steps])
+    return Evaluation(images, labels, batch)
+
+
+def _bn_exact(obs: Observation, ev: Evaluation) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if len(ev.batch.steps) != 1:
+        raise GrantError("threat.bn_stats: 'exact' is defined for one local step; this update has "
+                         f"{len(ev.batch.steps)} (use 'proxy', 'infer' or 'none')")
+    step = ev.batch.steps[0]
+    names = [n for n, m in obs.model.named_modules() if m in set(bn_layers(obs.model))]
+    try:
+        return [(torch.from_numpy(step[f"bn/{n}.mean"]), torch.from_numpy(step[f"bn/{n}.var"])) for n in names]
+    except KeyError as exc:
+        raise GrantError(f"threat.bn_stats: the sidecar lacks BatchNorm statistics {exc}") from None
+
+
+def grant_inputs(obs: Observation, threat_model: ThreatModel, truth: GroundTruth | None) -> AttackInputs:
+    """The attack's inputs: traffic plus exactly the granted ground truth."""
+    needs_truth = threat_model.labels == "known" or threat_model.bn_stats == "exact"
+    ev = private_batch(obs, truth) if needs_truth and truth is not None else None
+    if needs_truth and ev is None:
+        raise GrantError("threat: labels='known' and bn_stats='exact' need a ground-truth sidecar, which this run lacks")
+    inputs = AttackInputs(
+        model=obs.model,
+        update=obs.update,
+        update_kind=obs.update_kind,  # type: ignore[arg-type]
+        image_shape=obs.task.dataset.input_shape,
+        num_classes=obs.task.dataset.num_classes,
+        labels=ev.labels if ev is not None and threat_model.labels == "known" else None,
+        bn_exact=_bn_exact(obs, ev) if ev is not None and threat_model.bn_stats == "exact" else None,
+        extra={"running_stats": obs.running_stats} if obs.running_stats else {},
+    )
+    return inputs

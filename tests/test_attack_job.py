@@ -1,0 +1,113 @@
+"""Attacks on intercepted traffic: observation, explicit grants, CLI outputs, scoring."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from adversary.attacks import infer_bn_from_update
+from adversary.ground_truth import GroundTruth
+from adversary.grants import grant_inputs, private_batch, threat_model_for
+from adversary.observation import client_updates, observe
+from adversary.traffic_log import TrafficLog
+from fl_sim.cli import main
+from fl_sim.simulation import run_simulation
+
+CIFAR_FEDSGD = ("data.name=cifar10-sample", "model.options={width=16}", "federation.num_clients=2",
+                "federation.rounds=1", "federation.protocol=fedsgd", "federation.batch_size=1")
+
+
+@pytest.fixture(scope="module")
+def fedsgd_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.conftest import tiny_config
+
+    return run_simulation(tiny_config(tmp_path_factory.mktemp("runs"), *CIFAR_FEDSGD)).run_dir
+
+
+def test_cli_attack_reconstructs_intercepted_update(fedsgd_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["attack", str(fedsgd_run), "--round", "1", "--all", "--preset", "inverting-gradients",
+                 "--set", "attack.iterations=150"])
+    assert code == 0, capsys.readouterr().err
+    outputs = sorted((fedsgd_run / "attacks").iterdir())
+    assert len(outputs) == 2
+    for out in outputs:
+        assert {"grid.png", "loss.png", "loss.csv", "metrics.json", "attack.json", "reconstruction.safetensors"} <= {p.name for p in out.iterdir()}
+        metrics = json.loads((out / "metrics.json").read_text())
+        # A random image scores about 0.4 LPIPS against these; 150 iterations get well below.
+        assert metrics["lpips_avg"] < 0.3, metrics["lpips_avg"]
+        assert metrics["label_accuracy"] == 1.0
+        attack = json.loads((out / "attack.json").read_text())
+        assert attack["threat_model"]["labels"] == "known" and attack["resolved"]["iterations"] == 150
+    assert "LPIPS avg" in capsys.readouterr().out
+
+
+def test_attacker_view_needs_no_ground_truth(fedsgd_run: Path, tmp_path: Path) -> None:
+    """Without grants the attack runs from the traffic alone (sidecar removed)."""
+    copy = tmp_path / "run"
+    shutil.copytree(fedsgd_run, copy, ignore=shutil.ignore_patterns("attacks"))
+    shutil.rmtree(copy / "ground_truth")
+    msg = client_updates(TrafficLog.open(copy), round=1)[0].id
+    obs = observe(copy, msg)
+    assert obs.update_kind == "gradient" and obs.num_examples == 1 and obs.local["batch_size"] == 1
+    tm = threat_model_for(obs, {"labels": "infer"})
+    inputs = grant_inputs(obs, tm, None)
+    assert inputs.labels is None and inputs.bn_exact is None
+    code = main(["attack", str(copy), "--msg", str(msg), "--preset", "idlg", "--set", "attack.iterations=5",
+                 "--set", "threat.labels=infer"])
+    assert code == 0
+    metrics = json.loads(next((copy / "attacks").iterdir()).joinpath("metrics.json").read_text())
+    assert "lpips_avg" not in metrics  # nothing to score against
+
+
+def test_grants_hand_over_exactly_what_is_granted(fedsgd_run: Path) -> None:
+    msg = client_updates(TrafficLog.open(fedsgd_run), round=1)[0].id
+    obs = observe(fedsgd_run, msg)
+    truth = GroundTruth.open(fedsgd_run)
+    known = grant_inputs(obs, threat_model_for(obs), truth)
+    assert torch.equal(known.labels, private_batch(obs, truth).labels)
+    unknown = grant_inputs(obs, threat_model_for(obs, {"labels": "unknown"}), truth)
+    assert unknown.labels is None
+
+
+def test_fedsgd_running_stats_reveal_exact_batch_statistics(tmp_path: Path) -> None:
+    """Without FedBN a FedSGD reply carries new running stats: BN 'infer' recovers the batch's."""
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path, "data.name=cifar10-sample", "model.name=resnet18", "model.options={}",
+                      "federation.num_clients=2", "federation.rounds=1", "federation.protocol=fedsgd",
+                      "federation.batch_size=3", "federation.fedbn=false")
+    run_dir = run_simulation(cfg).run_dir
+    msg = client_updates(TrafficLog.open(run_dir), round=1)[0].id
+    obs = observe(run_dir, msg)
+    truth = GroundTruth.open(run_dir)
+    tm = threat_model_for(obs, {"bn_stats": "infer", "labels": "unknown"})
+    inferred = infer_bn_from_update(grant_inputs(obs, tm, truth), tm)
+    exact = grant_inputs(obs, threat_model_for(obs, {"bn_stats": "exact"}), truth).bn_exact
+    assert inferred is not None and len(inferred) == len(exact) == 20
+    for (m1, v1), (m2, v2) in zip(inferred, exact):
+        torch.testing.assert_close(m1, m2, atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(v1, v2, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--msg", "1"], "not a client update"),
+        (["--msg", "99"], "MSG_ID: no message 99"),
+        (["--round", "1", "--all", "--preset", "nope"], "nope"),
+        (["--round", "1", "--all", "--set", "threat.color=red"], "threat.color: unknown key"),
+        (["--round", "1", "--all", "--set", "threat.labels=maybe"], "threat_model.labels"),
+        (["--round", "1", "--all", "--set", "attack.iters=3"], "iters"),
+        (["--round", "1", "--all", "--set", "model.x=3"], "unknown section"),
+        (["--round", "1"], "--client"),
+        (["--round", "7", "--all"], "no captured client update"),
+    ],
+)
+def test_attack_cli_errors(fedsgd_run: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str) -> None:
+    code = main(["attack", str(fedsgd_run), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and expected in err and len(err.splitlines()) == 1, err
