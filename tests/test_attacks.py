@@ -305,8 +305,10 @@ def test_hparam_search_scores_without_ground_truth(cifar):
     points = grid_search(inputs, tm, preset="inverting-gradients", alpha_tv=(0.0, 0.05), alpha_bn=(0.0,), iterations=5)
     assert len(points) == 2 and points[0].score <= points[1].score
     assert points[0].score == points[0].result.objective
-    with pytest.raises(ImportError, match="optuna"):
-        optuna_search(inputs, tm)
+    study = optuna_search(inputs, tm, preset="inverting-gradients", n_trials=3, iterations=5, seed=1)
+    assert len(study.trials) == 3 and set(study.best_params) == {"alpha_tv"}  # no BN layers
+    again = optuna_search(inputs, tm, preset="inverting-gradients", n_trials=3, iterations=5, seed=1)
+    assert [t.params for t in again.trials] == [t.params for t in study.trials]
 
 
 def test_engine_imports_neither_flwr_nor_ray():

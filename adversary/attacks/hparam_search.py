@@ -66,18 +66,29 @@ def optuna_search(
     n_trials: int = 20,
     iterations: int | None = 200,
     overrides: dict[str, Any] | None = None,
+    seed: int = 0,
 ) -> Any:
-    """Log-uniform search over alpha_TV, alpha_BN with Optuna (optional dependency); returns the study."""
+    """Log-uniform search over alpha_TV, alpha_BN with Optuna (optional dependency); returns the study.
+
+    Scored like :func:`grid_search`, by the final gradient-matching objective (no
+    ground truth); the TPE sampler is seeded so a study is reproducible. alpha_BN is
+    searched only for models with BatchNorm layers.
+    """
     try:
         import optuna
     except ImportError as exc:
         raise ImportError("optuna_search needs the optional package 'optuna', which is not installed; use grid_search") from exc
 
+    from fl_sim.models import bn_layers
+
+    has_bn = bool(bn_layers(inputs.model))
+
     def objective(trial: Any) -> float:
         tv = trial.suggest_float("alpha_tv", 1e-4, 1.0, log=True)
-        bn = trial.suggest_float("alpha_bn", 1e-5, 0.1, log=True)
+        bn = trial.suggest_float("alpha_bn", 1e-5, 0.1, log=True) if has_bn else 0.0
         return build_attack(preset, _overrides(overrides, tv, bn, iterations)).run(inputs, threat_model).objective
 
-    study = optuna.create_study(direction="minimize")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
     study.optimize(objective, n_trials=n_trials)
     return study
