@@ -45,11 +45,17 @@ def score(obs: Observation, images: torch.Tensor, labels: torch.Tensor, truth: G
     if truth is None:
         return {}
     ev = private_batch(obs, truth)
-    if len(images) < len(ev.images):
-        return {"note": f"reconstructed {len(images)} images for a batch of {len(ev.images)}"}
-    metrics = evaluate_reconstruction(images, ev.images)
-    metrics["label_accuracy"] = label_accuracy(labels, ev.labels)
-    metrics["num_images"] = len(ev.images)
+    target = ev.trained_on
+    if len(images) < len(target):
+        return {"note": f"reconstructed {len(images)} images for a batch of {len(target)}"}
+    if obs.input_range[0] < 0:  # InstaHide: compare magnitudes, the signs are a random mask
+        images, target = images.abs().clamp(0, 1), target.abs()
+    metrics = evaluate_reconstruction(images.clamp(0, 1), target)
+    hard = labels.argmax(-1) if labels.is_floating_point() else labels
+    truth_labels = ev.trained_labels
+    metrics["label_accuracy"] = label_accuracy(hard, truth_labels.argmax(-1) if truth_labels.is_floating_point() else truth_labels)
+    metrics["num_images"] = len(target)
+    metrics["scored_against"] = "encoded" if ev.encoded is not None else "private"
     return metrics
 
 
@@ -76,13 +82,13 @@ def run_attack_on_message(
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = run_dir / ATTACKS_DIR / f"r{obs.round}-m{msg_id}-{preset}-{stamp}-{secrets.token_hex(2)}"
     out_dir.mkdir(parents=True)
-    originals = None
+    shown = result.images.abs() if obs.input_range[0] < 0 else result.images
     if truth is not None and "perm" in metrics:
-        originals = private_batch(obs, truth).images
-        matched = result.images[torch.as_tensor(metrics["perm"])]
-        save_grid(out_dir / GRID_PNG, matched, originals)
+        originals = private_batch(obs, truth).trained_on
+        originals = originals.abs() if obs.input_range[0] < 0 else originals
+        save_grid(out_dir / GRID_PNG, shown[torch.as_tensor(metrics["perm"])], originals)
     else:
-        save_grid(out_dir / GRID_PNG, result.images)
+        save_grid(out_dir / GRID_PNG, shown)
     save_loss_curve(out_dir, result.loss_curve, f"{preset} on message {msg_id} (round {obs.round})")
     save_file({"images": result.images.contiguous(), "labels": result.labels.contiguous()}, str(out_dir / "reconstruction.safetensors"))
     summary = {

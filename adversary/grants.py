@@ -54,20 +54,38 @@ def threat_model_for(obs: Observation, choices: dict[str, Any] | None = None) ->
 
 @dataclass
 class Evaluation:
-    """The private data behind an observation, for scoring only."""
+    """The private data behind an observation, for scoring only.
+
+    With a batch encoder (MixUp, InstaHide) the model was trained on ``encoded``
+    images with soft ``encoded_labels``: that is what a gradient can reveal.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     batch: PrivateBatch
+    encoded: torch.Tensor | None = None
+    encoded_labels: torch.Tensor | None = None
+
+    @property
+    def trained_on(self) -> torch.Tensor:
+        return self.encoded if self.encoded is not None else self.images
+
+    @property
+    def trained_labels(self) -> torch.Tensor:
+        return self.encoded_labels if self.encoded_labels is not None else self.labels
+
+
+def _cat(batch: PrivateBatch, key: str) -> torch.Tensor | None:
+    if not all(key in s for s in batch.steps):
+        return None
+    return torch.cat([torch.from_numpy(s[key]) for s in batch.steps])
 
 
 def private_batch(obs: Observation, truth: GroundTruth) -> Evaluation:
     batch = truth.batch_for(obs.reply.reply_to or "")
     if batch is None:
         raise GrantError(f"MSG_ID: the ground-truth sidecar has no private batch for message {obs.reply.id}")
-    images = torch.cat([torch.from_numpy(s["images"]) for s in batch.steps])
-    labels = torch.cat([torch.from_numpy(s["labels"]) for s in batch.steps])
-    return Evaluation(images, labels, batch)
+    return Evaluation(_cat(batch, "images"), _cat(batch, "labels"), batch, _cat(batch, "encoded"), _cat(batch, "encoded_labels"))
 
 
 def _bn_exact(obs: Observation, ev: Evaluation) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -94,8 +112,9 @@ def grant_inputs(obs: Observation, threat_model: ThreatModel, truth: GroundTruth
         update_kind=obs.update_kind,  # type: ignore[arg-type]
         image_shape=obs.task.dataset.input_shape,
         num_classes=obs.task.dataset.num_classes,
-        labels=ev.labels if ev is not None and threat_model.labels == "known" else None,
+        labels=ev.trained_labels if ev is not None and threat_model.labels == "known" else None,
         bn_exact=_bn_exact(obs, ev) if ev is not None and threat_model.bn_stats == "exact" else None,
+        data_range=obs.input_range,
         extra={"running_stats": obs.running_stats} if obs.running_stats else {},
     )
     return inputs

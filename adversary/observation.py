@@ -34,6 +34,17 @@ class Observation:
     running_stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
+    def encoder(self) -> str | None:
+        """The batch encoder the deployment uses (public protocol knowledge), if any."""
+        names = [d.name for d in self.task.config.defenses]
+        return next((n for n in names if n in ("mixup", "instahide")), None)
+
+    @property
+    def input_range(self) -> tuple[float, float]:
+        """InstaHide's sign flips put model inputs in [-1, 1]."""
+        return (-1.0, 1.0) if self.encoder == "instahide" else (0.0, 1.0)
+
+    @property
     def round(self) -> int | None:
         return self.reply.round
 

@@ -190,6 +190,49 @@ def _cmd_attack(args: argparse.Namespace, console: Console) -> None:
         console.print(f"  outputs: {outcome.out_dir}")
 
 
+def _cmd_experiment_list(args: argparse.Namespace, console: Console) -> None:
+    from experiments.registry import list_experiments
+
+    table = Table(title="experiments")
+    for col in ("name", "presets", "what"):
+        table.add_column(col)
+    for exp in list_experiments():
+        table.add_row(exp.name, ", ".join(exp.presets), exp.description)
+    console.print(table)
+
+
+def _print_tables(console: Console, tables: list) -> None:
+    from experiments.tables import to_markdown
+
+    for t in tables:
+        console.print(to_markdown(t), markup=False, highlight=False)
+
+
+def _cmd_experiment_run(args: argparse.Namespace, console: Console) -> None:
+    from experiments.registry import ExperimentError
+    from experiments.runner import run_experiment
+
+    try:
+        outcome = run_experiment(args.name, args.preset, args.set or [], args.out or "runs",
+                                 progress=lambda msg: console.print(msg, highlight=False))
+    except ExperimentError as exc:
+        raise UserError(str(exc)) from None
+    _print_tables(console, outcome.tables)
+    console.print(f"{outcome.ran} cells run, {outcome.cached} from cache; outputs in {outcome.out_dir}")
+
+
+def _cmd_experiment_report(args: argparse.Namespace, console: Console) -> None:
+    from experiments.registry import ExperimentError
+    from experiments.runner import report_experiment
+
+    try:
+        tables, _figures = report_experiment(args.run_dir)
+    except ExperimentError as exc:
+        raise UserError(str(exc)) from None
+    _print_tables(console, tables)
+    console.print(f"report: {Path(args.run_dir) / 'report.md'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fl-sim", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -221,6 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="attack.<key> (e.g. attack.iterations=500, attack.regularizers.tv.weight=0.1) or "
                              "threat.<key> (labels=known|infer|unknown, bn_stats=exact|proxy|infer|none)")
     attack.set_defaults(func=_cmd_attack)
+
+    experiment = sub.add_parser("experiment", help="the paper's tables and figures as resumable experiments")
+    esub = experiment.add_subparsers(dest="experiment_command", required=True)
+    el = esub.add_parser("list", help="list experiments and their presets")
+    el.set_defaults(func=_cmd_experiment_list)
+    er = esub.add_parser("run", help="run (or resume) an experiment")
+    er.add_argument("name")
+    er.add_argument("--preset", default="smoke")
+    er.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset setting (repeatable)")
+    er.add_argument("--out", help="parent folder (default: runs); results go to OUT/experiments/NAME-PRESET-HASH")
+    er.set_defaults(func=_cmd_experiment_run)
+    ep = esub.add_parser("report", help="re-render an experiment's tables and figures")
+    ep.add_argument("run_dir")
+    ep.set_defaults(func=_cmd_experiment_report)
 
     traffic = sub.add_parser("traffic", help="inspect an intercepted traffic log")
     tsub = traffic.add_subparsers(dest="traffic_command", required=True)

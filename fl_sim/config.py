@@ -31,6 +31,7 @@ class DataConfig(_Section):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     image_size: int | None = Field(None, ge=8, le=1024)
     max_test: int | None = Field(1000, ge=1)
+    max_train: int | None = Field(None, ge=1)
 
 
 class ModelConfig(_Section):
@@ -49,6 +50,7 @@ class FederationConfig(_Section):
     lr: float = Field(0.05, gt=0, le=100)
     fedbn: bool = True
     upload: Literal["weights", "delta"] = "weights"
+    secagg: bool = False  # Flower's SecAgg+ (legacy API); parameters in the [secagg] section
 
     @model_validator(mode="after")
     def _participation(self) -> FederationConfig:
@@ -57,11 +59,80 @@ class FederationConfig(_Section):
                 f"federation.clients_per_round: must be <= federation.num_clients "
                 f"({self.num_clients}), got {self.clients_per_round}"
             )
+        if self.secagg and self.sampled_per_round < 2:
+            raise ValueError(
+                f"federation.secagg: secure aggregation needs at least 2 clients per round "
+                f"(got {self.sampled_per_round})"
+            )
         return self
 
     @property
     def sampled_per_round(self) -> int:
         return self.clients_per_round or self.num_clients
+
+
+class SecAggConfig(_Section):
+    """Flower's SecAgg+ (``flwr.server.workflow.SecAggPlusWorkflow``), used when ``federation.secagg``.
+
+    ``num_shares``: an int (>= 3, at most the clients per round) is the number of shares each
+    client's secrets are split into (its neighbours, itself included); a float in (0, 1] is that
+    fraction of the round's clients. ``reconstruction_threshold``: shares needed to rebuild a secret,
+    an int (>= 2, < num_shares) or a float in (0, 1] (fraction of num_shares). Each uploaded value,
+    weighted by ``num_examples / max_weight`` (<= 1), is clipped to ``[-clipping_range,
+    clipping_range]`` and stochastically quantized to ``quantization_range`` levels, so the sum the
+    server recovers is exact up to about ``2 * clipping_range / quantization_range`` per value.
+    ``max_weight`` defaults to the most examples a client can report (batch_size x local steps).
+    """
+
+    num_shares: int | float = 1.0
+    reconstruction_threshold: int | float = 0.67
+    clipping_range: float = Field(8.0, gt=0, le=1e6)
+    quantization_range: int = Field(2**22, ge=2, le=2**30)
+    modulus_range: int = Field(2**32, ge=4, le=2**32)
+    max_weight: float | None = Field(None, gt=0)
+    timeout: float | None = Field(None, gt=0)
+
+    @field_validator("num_shares", "reconstruction_threshold", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"secagg.{info.field_name}: must be an int or a float (got {value!r})")
+        return value
+
+    @field_validator("num_shares")
+    @classmethod
+    def _num_shares(cls, value: int | float) -> int | float:
+        if isinstance(value, int) and value < 3:
+            raise ValueError(f"secagg.num_shares: as an int it must be >= 3 (got {value}); use a float in (0, 1] for a fraction")
+        if isinstance(value, float) and not 0 < value <= 1:
+            raise ValueError(f"secagg.num_shares: as a float it must be in (0, 1] (got {value})")
+        return value
+
+    @field_validator("reconstruction_threshold")
+    @classmethod
+    def _threshold(cls, value: int | float) -> int | float:
+        if isinstance(value, int) and value < 2:
+            raise ValueError(f"secagg.reconstruction_threshold: as an int it must be >= 2 (got {value})")
+        if isinstance(value, float) and not 0 < value <= 1:
+            raise ValueError(f"secagg.reconstruction_threshold: as a float it must be in (0, 1] (got {value})")
+        return value
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SecAggConfig:
+        if isinstance(self.num_shares, int) and isinstance(self.reconstruction_threshold, int):
+            if self.reconstruction_threshold >= self.num_shares:
+                raise ValueError(
+                    f"secagg.reconstruction_threshold: must be < secagg.num_shares ({self.num_shares}), "
+                    f"got {self.reconstruction_threshold}"
+                )
+        if self.modulus_range & (self.modulus_range - 1):
+            raise ValueError(f"secagg.modulus_range: must be a power of 2 (got {self.modulus_range})")
+        if self.modulus_range <= self.quantization_range:
+            raise ValueError(
+                f"secagg.modulus_range: must be > secagg.quantization_range ({self.quantization_range}), "
+                f"got {self.modulus_range}"
+            )
+        return self
 
 
 class EngineConfig(_Section):
@@ -105,6 +176,7 @@ class RunConfig(_Section):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tap: TapConfig = Field(default_factory=TapConfig)
+    secagg: SecAggConfig = Field(default_factory=SecAggConfig)
     defenses: list[SerializeAsAny[DefenseParams]] = Field(default_factory=list)
 
     @field_validator("defenses", mode="before")
@@ -114,6 +186,43 @@ class RunConfig(_Section):
         from clients.defenses.registry import parse_defenses
 
         return parse_defenses(value)
+
+    @model_validator(mode="after")
+    def _secagg_fits_the_federation(self) -> RunConfig:
+        if not self.federation.secagg:
+            return self
+        sampled, sa = self.federation.sampled_per_round, self.secagg
+        if isinstance(sa.num_shares, int) and sa.num_shares > sampled:
+            raise ValueError(
+                f"secagg.num_shares: must be <= the clients per round ({sampled}), got {sa.num_shares}"
+            )
+        if isinstance(sa.reconstruction_threshold, int) and sa.reconstruction_threshold > sampled:
+            raise ValueError(
+                f"secagg.reconstruction_threshold: must be <= the clients per round ({sampled}), "
+                f"got {sa.reconstruction_threshold}"
+            )
+        # The server adds the clients' quantized vectors (each value < quantization_range) mod modulus_range.
+        if sampled * sa.quantization_range >= sa.modulus_range:
+            raise ValueError(
+                f"secagg.quantization_range: {sampled} clients x {sa.quantization_range} exceeds "
+                f"secagg.modulus_range ({sa.modulus_range}); the masked sum would overflow"
+            )
+        fed = self.federation
+        most = fed.batch_size * (fed.local_steps if fed.protocol == "fedavg" else 1)
+        if sa.max_weight is not None and sa.max_weight < most:
+            raise ValueError(
+                f"secagg.max_weight: must be >= the most examples a client reports per round ({most}), "
+                f"got {sa.max_weight}; larger weights overflow the quantization"
+            )
+        return self
+
+    @property
+    def secagg_max_weight(self) -> float:
+        """SecAgg+'s ``max_weight``: the configured one, or the most examples a client reports per round."""
+        fed = self.federation
+        if self.secagg.max_weight is not None:
+            return float(self.secagg.max_weight)
+        return float(fed.batch_size * (fed.local_steps if fed.protocol == "fedavg" else 1))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

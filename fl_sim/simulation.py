@@ -55,7 +55,7 @@ def write_partitions(config: RunConfig, run_dir: Path) -> None:
     )
 
 
-def run_simulation(config: RunConfig, *, command: list[str] | None = None) -> RunOutcome:
+def run_simulation(config: RunConfig, *, command: list[str] | None = None, quiet: bool = False) -> RunOutcome:
     from clients.app import make_client_app
     from fl_sim.engine import run_engine
     from server.app import make_server_app
@@ -64,7 +64,7 @@ def run_simulation(config: RunConfig, *, command: list[str] | None = None) -> Ru
     run_dir = create_run_dir(config, command=command)
     write_partitions(config, run_dir)
     box: list[TrainingResult] = []
-    server_app = make_server_app(config, run_dir, on_result=box.append)
+    server_app = make_server_app(config, run_dir, on_result=box.append, quiet=quiet)
     client_app = make_client_app(config, run_dir)
     start = time.perf_counter()
     run_engine(server_app, client_app, config)

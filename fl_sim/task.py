@@ -72,14 +72,19 @@ def _task_from_json(config_json: str) -> Task:
         test_fraction=config.data.test_fraction,
         image_size=config.data.image_size,
     )
+    labels = dataset.train_y.numpy()
+    pool = np.arange(len(labels))
+    if config.data.max_train is not None and config.data.max_train < len(labels):
+        # A seeded subset of the training set (small private sets for attack experiments).
+        pool = np.sort(np.random.default_rng([config.seed, 7]).permutation(len(labels))[: config.data.max_train])
     parts = partition_indices(
-        dataset.train_y.numpy(),
+        labels[pool],
         config.federation.num_clients,
         scheme=config.data.partition,
         alpha=config.data.alpha,
         seed=config.seed,
     )
-    return Task(config, dataset, tuple(parts))
+    return Task(config, dataset, tuple(pool[p] for p in parts))
 
 
 def load_task(config: RunConfig) -> Task:

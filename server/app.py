@@ -1,4 +1,4 @@
-"""The ServerApp: the round loop behind a (possibly tapped) Grid."""
+"""The ServerApp: the round loop (or, with ``federation.secagg``, Flower's SecAgg+ workflow) behind a (possibly tapped) Grid."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+from rich.console import Console
 
 from adversary.tap import TappedGrid
 from adversary.traffic_log import TrafficWriter
@@ -18,6 +19,7 @@ def make_server_app(
     config: RunConfig,
     run_dir: str | Path | None,
     on_result: Callable[[TrainingResult], None] | None = None,
+    quiet: bool = False,
 ) -> ServerApp:
     run_path = Path(run_dir) if run_dir is not None else None
     app = ServerApp()
@@ -29,7 +31,12 @@ def make_server_app(
             writer = TrafficWriter(run_path)
             grid = TappedGrid(grid, writer)
         try:
-            result = FederatedLoop(config, run_path).run(grid)
+            if config.federation.secagg:
+                from server.secagg import run_secagg  # Flower's legacy SecAgg+ workflow
+
+                result = run_secagg(config, run_path, grid, context)
+            else:
+                result = FederatedLoop(config, run_path, console=Console(stderr=True, quiet=quiet)).run(grid)
         finally:
             if writer is not None:
                 writer.close()

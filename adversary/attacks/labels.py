@@ -48,12 +48,16 @@ def last_layer_grads(inputs: AttackInputs) -> tuple[Tensor, Tensor | None]:
 
 @LABEL_STRATEGIES.register("known")
 class KnownLabels(LabelStrategy):
-    """Labels granted by the threat model (the paper's strongest attacker)."""
+    """Labels granted by the threat model (the paper's strongest attacker).
+
+    Soft labels [N, K] (MixUp/InstaHide mix labels with the images) stay soft.
+    """
 
     requires = frozenset({Capability.KNOWN_LABELS})
 
     def infer(self, inputs, threat_model, num_images, restarts=1, generator=None):
-        return LabelGuess(labels=inputs.labels.detach().long())
+        labels = inputs.labels.detach()
+        return LabelGuess(labels=labels if labels.is_floating_point() else labels.long())
 
 
 @LABEL_STRATEGIES.register("idlg")

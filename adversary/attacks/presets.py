@@ -62,7 +62,10 @@ def huang_eq3_for_defense(defense: str) -> dict[str, Any]:
     """Overrides of ``huang-eq3`` with the paper's alpha_TV for a defense (TV on |x| for InstaHide)."""
     if defense not in HUANG_ALPHA_TV:
         raise ConfigError(f"unknown defense {defense!r}; choose one of: {', '.join(HUANG_ALPHA_TV)}")
-    return {"regularizers": {"tv": {"weight": HUANG_ALPHA_TV[defense], "on_abs": defense == "instahide"}}}
+    over: dict[str, Any] = {"regularizers": {"tv": {"weight": HUANG_ALPHA_TV[defense], "on_abs": defense == "instahide"}}}
+    if defense == "instahide":  # sign-flipped encodings live in [-1, 1]
+        over["optimizer"] = {"box": (-1.0, 1.0)}
+    return over
 
 
 def _merge_section(section: str, base: dict[str, Any], over: Any) -> dict[str, Any]:

@@ -1,0 +1,129 @@
+"""Run an experiment: resolve settings, run missing cells, write tables and figures."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experiments.base import Figure, Table
+from experiments.cache import CellCache, cell_key
+from experiments.registry import ExperimentError, get_experiment
+from experiments.tables import to_markdown, write_table
+from fl_sim.config import apply_override
+from fl_sim.rundir import package_versions, write_json_atomic
+
+SETTINGS_JSON = "settings.json"
+REPORT_MD = "report.md"
+
+
+@dataclass
+class ExperimentOutcome:
+    out_dir: Path
+    tables: list[Table]
+    figures: list[Figure]
+    ran: int
+    cached: int
+
+
+def _check_keys(tree: dict[str, Any], reference: dict[str, Any], prefix: str = "") -> None:
+    for key, value in tree.items():
+        if key not in reference:
+            raise ExperimentError(f"--set: {prefix}{key}: unknown setting; known: {', '.join(sorted(reference))}")
+        if isinstance(value, dict) and isinstance(reference[key], dict) and reference[key]:
+            _check_keys(value, reference[key], f"{prefix}{key}.")
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and out[key]:
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_settings(name: str, preset: str, overrides: list[str]) -> dict[str, Any]:
+    exp = get_experiment(name)
+    if preset not in exp.presets:
+        raise ExperimentError(f"--preset: {name} has presets {', '.join(exp.presets)}, not {preset!r}")
+    tree: dict[str, Any] = {}
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    base = exp.presets[preset]
+    _check_keys(tree, base)
+    return _merge(base, tree)
+
+
+def experiment_dir(out_root: Path, name: str, preset: str, settings: dict[str, Any]) -> Path:
+    """Stable per settings: the same request finds its cached cells again."""
+    return out_root / "experiments" / f"{name}-{preset}-{cell_key(settings)[:8]}"
+
+
+def render(name: str, out_dir: Path, settings: dict[str, Any], results: dict[str, dict[str, Any]]) -> tuple[list[Table], list[Figure]]:
+    exp = get_experiment(name)
+    tables = exp.tables(settings, results)
+    for table in tables:
+        write_table(table, out_dir / "tables")
+    figures = exp.figures(settings, results, out_dir / "figures")
+    report = [f"# {name}: {exp.description}", ""]
+    report += [to_markdown(t) for t in tables]
+    report += [f"![{f.title}]({f.path.relative_to(out_dir)})\n" for f in figures]
+    (out_dir / REPORT_MD).write_text("\n".join(report))
+    return tables, figures
+
+
+def run_experiment(
+    name: str,
+    preset: str = "smoke",
+    overrides: list[str] | None = None,
+    out_root: str | Path = "runs",
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> ExperimentOutcome:
+    settings = resolve_settings(name, preset, overrides or [])
+    exp = get_experiment(name)
+    cells = exp.cells(settings)
+    out_dir = experiment_dir(Path(out_root), name, preset, settings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / SETTINGS_JSON, {"experiment": name, "preset": preset, "settings": settings,
+                                                 "overrides": overrides or [], "versions": package_versions()})
+    cache = CellCache(out_dir / "cells")
+    results: dict[str, dict[str, Any]] = {}
+    ran = cached = 0
+    for i, cell in enumerate(cells, 1):
+        key = cell_key({"experiment": name, "cell": cell.name, **cell.params})
+        hit = cache.get(key)
+        if hit is not None:
+            results[cell.name] = hit["result"]
+            cached += 1
+            continue
+        progress(f"[{i}/{len(cells)}] {cell.name}")
+        start = time.perf_counter()
+        workdir = out_dir / "work" / key
+        workdir.mkdir(parents=True, exist_ok=True)
+        result = exp.run_cell(cell, workdir, progress)
+        cache.put(key, {"cell": cell.name, "params": cell.params, "result": result, "seconds": time.perf_counter() - start})
+        results[cell.name] = result
+        ran += 1
+    tables, figures = render(name, out_dir, settings, results)
+    return ExperimentOutcome(out_dir, tables, figures, ran, cached)
+
+
+def report_experiment(out_dir: str | Path) -> tuple[list[Table], list[Figure]]:
+    """Re-render tables and figures from an experiment directory's cached cells."""
+    import json
+
+    out_dir = Path(out_dir)
+    meta_path = out_dir / SETTINGS_JSON
+    if not meta_path.is_file():
+        raise ExperimentError(f"RUN_DIR: {out_dir} is not an experiment directory (no {SETTINGS_JSON})")
+    meta = json.loads(meta_path.read_text())
+    results = {}
+    for path in sorted((out_dir / "cells").glob("*.json")):
+        payload = json.loads(path.read_text())
+        results[payload["cell"]] = payload["result"]
+    return render(meta["experiment"], out_dir, meta["settings"], results)

@@ -1,0 +1,308 @@
+"""Table 2 / Table 5: the utility-security trade-off of defenses.
+
+For each defense: a federated training run measures utility (test accuracy,
+training time relative to no defense); for each defense and attack batch size a
+FedSGD run of one client with a small private set is tapped and every captured
+update is attacked (the paper's Eq. 3 attack, alpha_TV chosen per defense).
+For MixUp and InstaHide the attack recovers *encoded* images; the attacker then
+eavesdrops ``epochs`` passes over the client's data and, granted the mixing keys
+(the paper's upper bound), decodes the private images by least squares
+(Carlini et al.). LPIPS is computed after one-to-one matching, over the private
+images, and reported as average, best and standard deviation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from experiments.base import Cell, Figure, Table
+from experiments.registry import register
+
+ENCODERS = ("mixup", "instahide")
+
+
+def _stack(*entries: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(entries)
+
+
+SMOKE_DEFENSES = [
+    {"label": "none", "stack": []},
+    {"label": "GradPrune 0.5", "stack": _stack({"name": "gradprune", "p": 0.5})},
+    {"label": "GradPrune 0.9", "stack": _stack({"name": "gradprune", "p": 0.9})},
+    {"label": "GradPrune 0.99", "stack": _stack({"name": "gradprune", "p": 0.99})},
+    {"label": "MixUp k=4", "stack": _stack({"name": "mixup", "k": 4})},
+    {"label": "InstaHide k=4", "stack": _stack({"name": "instahide", "k": 4})},
+    {"label": "GradPrune 0.9 + MixUp 4", "stack": _stack({"name": "mixup", "k": 4}, {"name": "gradprune", "p": 0.9})},
+    {"label": "GradPrune 0.9 + InstaHide 4", "stack": _stack({"name": "instahide", "k": 4}, {"name": "gradprune", "p": 0.9})},
+]
+
+PAPER_DEFENSES = [
+    {"label": "none", "stack": []},
+    *[{"label": f"GradPrune {p}", "stack": _stack({"name": "gradprune", "p": p})} for p in (0.5, 0.7, 0.9, 0.95, 0.99, 0.999)],
+    *[{"label": f"MixUp k={k}", "stack": _stack({"name": "mixup", "k": k})} for k in (4, 6)],
+    *[{"label": f"InstaHide k={k}", "stack": _stack({"name": "instahide", "k": k})} for k in (4, 6)],
+    {"label": "GradPrune 0.9 + MixUp 4", "stack": _stack({"name": "mixup", "k": 4}, {"name": "gradprune", "p": 0.9})},
+    {"label": "GradPrune 0.9 + InstaHide 4", "stack": _stack({"name": "instahide", "k": 4}, {"name": "gradprune", "p": 0.9})},
+]
+
+
+def _encoder(stack: list[dict[str, Any]]) -> str | None:
+    return next((d["name"] for d in stack if d["name"] in ENCODERS), None)
+
+
+def _defense_kind(stack: list[dict[str, Any]]) -> str:
+    """Which of the paper's alpha_TV choices applies (the encoder wins over pruning)."""
+    enc = _encoder(stack)
+    if enc:
+        return enc
+    return "gradprune" if any(d["name"] == "gradprune" for d in stack) else "none"
+
+
+ATTACKERS = {
+    # Table 2: labels and the private batch's BatchNorm statistics known.
+    "strongest": {"threat": {"labels": "known", "bn_stats": "exact"}, "attack": {}},
+    # Table 5: labels known, BatchNorm statistics unknown (no BN prior).
+    "realistic": {"threat": {"labels": "known", "bn_stats": "none"},
+                  "attack": {"bn": {"name": "none"}, "regularizers": {"bn_prior": None}}},
+}
+
+
+class TradeoffExperiment:
+    name = "tradeoff"
+    description = "utility-security trade-off of defenses (the paper's Tables 2 and 5)"
+    presets: dict[str, dict[str, Any]] = {
+        "smoke": {
+            "seed": 0,
+            "data": {"name": "mnist-5k", "root": ""},
+            "model": {"name": "convnet", "options": {"width": 16}},
+            "defenses": SMOKE_DEFENSES,
+            "utility": {"num_clients": 4, "rounds": 3, "local_steps": 10, "batch_size": 32, "lr": 0.1},
+            "attack": {"batch_sizes": [1, 4], "images": 4, "epochs": 2, "iterations": 200, "preset": "huang-eq3",
+                       "attackers": ["strongest"]},
+        },
+        "paper": {
+            "seed": 0,
+            "data": {"name": "cifar10", "root": ""},
+            "model": {"name": "resnet18", "options": {}},
+            "defenses": PAPER_DEFENSES,
+            "utility": {"num_clients": 10, "rounds": 200, "local_steps": 50, "batch_size": 128, "lr": 0.1},
+            "attack": {"batch_sizes": [1, 16, 32], "images": 64, "epochs": 20, "iterations": 10000, "preset": "huang-eq3",
+                       "attackers": ["strongest", "realistic"]},
+        },
+    }
+
+    # -- cells -----------------------------------------------------------
+    def cells(self, settings: dict[str, Any]) -> list[Cell]:
+        common = {"seed": settings["seed"], "data": settings["data"], "model": settings["model"]}
+        cells = []
+        for d in settings["defenses"]:
+            cells.append(Cell(f"utility/{d['label']}", {**common, "kind": "utility", "stack": d["stack"], **settings["utility"]}))
+        a = settings["attack"]
+        for attacker in a["attackers"]:
+            for b in a["batch_sizes"]:
+                for d in settings["defenses"]:
+                    params = {**common, "kind": "attack", "stack": d["stack"], "batch_size": b, "attacker": attacker,
+                              **{k: v for k, v in a.items() if k not in ("batch_sizes", "attackers")}}
+                    cells.append(Cell(f"attack/{attacker}/b{b}/{d['label']}", params))
+        return cells
+
+    def run_cell(self, cell: Cell, workdir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+        if cell.params["kind"] == "utility":
+            return _run_utility(cell.params, workdir)
+        return _run_attack(cell.params, workdir, progress)
+
+    # -- outputs ---------------------------------------------------------
+    def tables(self, settings: dict[str, Any], results: dict[str, dict[str, Any]]) -> list[Table]:
+        labels = [d["label"] for d in settings["defenses"]]
+        base_time = results.get("utility/none", {}).get("wall_s")
+        tables = []
+        for attacker in settings["attack"]["attackers"]:
+            table = Table(
+                name=f"table_{attacker}",
+                title=f"Utility and leakage, {attacker} attacker ({settings['data']['name']}, {settings['model']['name']})",
+                columns=["", *labels],
+            )
+            util = [results.get(f"utility/{lab}", {}) for lab in labels]
+            table.rows.append(["Test accuracy (%)", *[_pct(u.get("accuracy")) for u in util]])
+            table.rows.append(["Training time (x)", *[_ratio(u.get("wall_s"), base_time) for u in util]])
+            for b in settings["attack"]["batch_sizes"]:
+                cells = [results.get(f"attack/{attacker}/b{b}/{lab}", {}) for lab in labels]
+                for stat in ("avg", "best", "std"):
+                    table.rows.append([f"bs={b} LPIPS {stat}", *[c.get(f"lpips_{stat}") for c in cells]])
+            table.notes.append("LPIPS (AlexNet) after one-to-one matching; lower means more leakage.")
+            table.notes.append(
+                f"Attack: {settings['attack']['preset']}, {settings['attack']['iterations']} iterations, "
+                f"{settings['attack']['images']} private images per cell; MixUp/InstaHide rows decode "
+                f"{settings['attack']['epochs']} epochs of reconstructed encodings with the mixing keys granted."
+            )
+            tables.append(table)
+        return tables
+
+    def figures(self, settings: dict[str, Any], results: dict[str, dict[str, Any]], out_dir: Path) -> list[Figure]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        b = settings["attack"]["batch_sizes"][0]
+        attacker = settings["attack"]["attackers"][0]
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        for d in settings["defenses"]:
+            u = results.get(f"utility/{d['label']}", {})
+            a = results.get(f"attack/{attacker}/b{b}/{d['label']}", {})
+            if u.get("accuracy") is None or a.get("lpips_avg") is None:
+                continue
+            ax.scatter(a["lpips_avg"], 100 * u["accuracy"], s=30)
+            ax.annotate(d["label"], (a["lpips_avg"], 100 * u["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(f"LPIPS avg (batch size {b}, {attacker}); higher = less leakage")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("utility vs privacy of defenses", fontsize=10)
+        fig.tight_layout()
+        path = out_dir / "tradeoff.png"
+        fig.savefig(path)
+        plt.close(fig)
+        return [Figure("tradeoff", "Accuracy vs LPIPS per defense", path)]
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 2)
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return None if value is None or not base else round(value / base, 2)
+
+
+def _run_config(params: dict[str, Any], workdir: Path, extra: list[str]) -> Any:
+    from fl_sim.config import build_config
+
+    tree = {
+        "seed": params["seed"],
+        "name": params["kind"],
+        "out_dir": str(workdir),
+        "data": {"name": params["data"]["name"], **({"root": params["data"]["root"]} if params["data"].get("root") else {})},
+        "model": {"name": params["model"]["name"], "options": params["model"].get("options", {})},
+        "defenses": params["stack"],
+        "engine": {"name": "inline"},
+    }
+    from fl_sim.config import apply_override
+
+    for item in extra:
+        apply_override(tree, item)
+    return build_config(tree)
+
+
+def _run_utility(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    from fl_sim.simulation import run_simulation
+
+    cfg = _run_config(params, workdir, [
+        f"federation.num_clients={params['num_clients']}", f"federation.rounds={params['rounds']}",
+        f"federation.local_steps={params['local_steps']}", f"federation.batch_size={params['batch_size']}",
+        f"federation.lr={params['lr']}", "federation.protocol=fedavg", "tap.enabled=false", "tap.ground_truth=false",
+    ])
+    outcome = run_simulation(cfg, quiet=True)
+    last = outcome.result.rounds[-1]
+    # Training time: the rounds' training part only (no start-up, no evaluation).
+    train_s = sum(r.wall_s - r.eval_s for r in outcome.result.rounds)
+    return {"accuracy": last.eval_acc, "test_loss": last.eval_loss, "wall_s": train_s, "run_dir": str(outcome.run_dir)}
+
+
+def _summary(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"lpips_avg": None, "lpips_best": None, "lpips_std": None}
+    arr = np.asarray(values, dtype=float)
+    return {"lpips_avg": float(arr.mean()), "lpips_best": float(arr.min()), "lpips_std": float(arr.std())}
+
+
+def _run_attack(params: dict[str, Any], workdir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    from adversary.attack_job import run_attack_on_message
+    from adversary.attacks import huang_eq3_for_defense
+    from adversary.observation import client_updates
+    from adversary.traffic_log import TrafficLog
+    from fl_sim.simulation import run_simulation
+
+    b = params["batch_size"]
+    encoder = _encoder(params["stack"])
+    private = math.ceil(max(params["images"], b) / b) * b
+    rounds = (private // b) * (params["epochs"] if encoder else 1)
+    cfg = _run_config(params, workdir, [
+        "federation.num_clients=1", f"data.max_train={private}", "federation.protocol=fedsgd",
+        f"federation.batch_size={b}", f"federation.rounds={rounds}", "data.max_test=64",
+    ])
+    run_dir = run_simulation(cfg, quiet=True).run_dir
+    attacker = ATTACKERS[params["attacker"]]
+    overrides = _deep_merge(huang_eq3_for_defense(_defense_kind(params["stack"])), attacker["attack"])
+    overrides["iterations"] = params["iterations"]
+    with TrafficLog.open(run_dir) as log:
+        updates = [m.id for m in client_updates(log)]
+    per_image: list[float] = []
+    attacks = []
+    for i, msg_id in enumerate(updates, 1):
+        progress(f"  attack {i}/{len(updates)} (message {msg_id})")
+        threat = dict(attacker["threat"])
+        outcome = run_attack_on_message(run_dir, msg_id, params["preset"], attack_overrides=overrides, threat=threat)
+        attacks.append(str(outcome.out_dir))
+        per_image += outcome.metrics.get("lpips", [])
+    result: dict[str, Any] = {"run_dir": str(run_dir), "attacks": attacks, "updates": len(updates)}
+    if encoder:
+        result.update(_decode(run_dir, attacks, signed=encoder == "instahide"))
+        result["encoding_lpips"] = _summary(per_image)["lpips_avg"]
+    else:
+        result.update(_summary(per_image))
+    return result
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _decode(run_dir: Path, attack_dirs: list[str], *, signed: bool) -> dict[str, Any]:
+    """Decode the private images from the reconstructed encodings, keys granted."""
+    from safetensors.torch import load_file
+
+    from adversary.decode import decode_with_keys
+    from adversary.ground_truth import GroundTruth
+    from adversary.metrics import evaluate_reconstruction
+    from adversary.traffic_log import TrafficLog
+    from fl_sim.rundir import load_run_config
+    from fl_sim.task import load_task
+
+    truth = GroundTruth.open(run_dir)
+    task = load_task(load_run_config(run_dir))
+    pool = np.asarray(task.partitions[0])
+    local = {int(g): i for i, g in enumerate(pool)}
+    encodings, partners, coeffs = [], [], []
+    with TrafficLog.open(run_dir) as log:
+        for attack_dir in attack_dirs:
+            meta = json.loads((Path(attack_dir) / "attack.json").read_text())
+            reply = log.message(meta["message"])
+            batch = truth.batch_for(reply.reply_to or "")
+            step = batch.steps[0]
+            # Reconstruction i is tied to encoding i by its (unique, soft) known label.
+            encodings.append(load_file(str(Path(attack_dir) / "reconstruction.safetensors"))["images"])
+            partners.append(np.vectorize(local.get)(step["keys/partners"]))
+            coeffs.append(step["keys/coeffs"])
+    decoded = decode_with_keys(
+        torch.cat(encodings), torch.from_numpy(np.concatenate(partners)).long(),
+        torch.from_numpy(np.concatenate(coeffs)).float(), num_private=len(pool), signed=signed,
+    )
+    images, mask = decoded.images, decoded.identifiable
+    originals = task.dataset.train_x[torch.as_tensor(pool)]
+    if int(mask.sum()) == 0:
+        return {"lpips_avg": None, "lpips_best": None, "lpips_std": None, "identifiable": 0}
+    metrics = evaluate_reconstruction(images[mask].clamp(0, 1), originals[mask])
+    return {"lpips_avg": metrics["lpips_avg"], "lpips_best": metrics["lpips_best"], "lpips_std": metrics["lpips_std"],
+            "identifiable": int(mask.sum()), "private_images": len(pool)}
+
+
+register(TradeoffExperiment)

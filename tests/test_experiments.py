@@ -1,0 +1,76 @@
+"""Experiments: cells cached and resumable, tables in the paper's layout, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments.registry import ExperimentError
+from experiments.runner import report_experiment, resolve_settings, run_experiment
+from fl_sim.cli import main
+
+TINY = [
+    'defenses=[{label="none",stack=[]},{label="GradPrune 0.99",stack=[{name="gradprune",p=0.99}]},'
+    '{label="MixUp k=4",stack=[{name="mixup",k=4}]}]',
+    "attack.batch_sizes=[2]", "attack.iterations=40", "attack.images=4", "attack.epochs=2",
+    "utility.rounds=1", "utility.local_steps=3", "utility.num_clients=2",
+]
+
+
+@pytest.fixture(scope="module")
+def tradeoff(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("exp")
+    return out, run_experiment("tradeoff", "smoke", TINY, out)
+
+
+def test_tradeoff_smoke_produces_paper_layout_tables(tradeoff) -> None:
+    _out, outcome = tradeoff
+    assert outcome.ran == 6 and outcome.cached == 0
+    table = outcome.tables[0]
+    assert table.columns == ["", "none", "GradPrune 0.99", "MixUp k=4"]
+    rows = {row[0]: row[1:] for row in table.rows}
+    assert set(rows) == {"Test accuracy (%)", "Training time (x)", "bs=2 LPIPS avg", "bs=2 LPIPS best", "bs=2 LPIPS std"}
+    for value in rows["bs=2 LPIPS avg"]:
+        assert value is not None and 0.0 <= value <= 1.5
+    assert rows["Training time (x)"][0] == 1.0
+    for name in ("table_strongest.csv", "table_strongest.md"):
+        assert (outcome.out_dir / "tables" / name).is_file()
+    assert (outcome.out_dir / "figures" / "tradeoff.png").stat().st_size > 1000
+    assert "| none |" in (outcome.out_dir / "report.md").read_text().replace("|  | none |", "| none |")
+
+
+def test_rerun_is_instant_and_interrupted_run_resumes(tradeoff) -> None:
+    out, first = tradeoff
+    again = run_experiment("tradeoff", "smoke", TINY, out)
+    assert again.out_dir == first.out_dir and again.ran == 0 and again.cached == 6
+    victim = next(p for p in (first.out_dir / "cells").glob("*.json") if json.loads(p.read_text())["cell"].startswith("utility/"))
+    victim.unlink()
+    resumed = run_experiment("tradeoff", "smoke", TINY, out)
+    assert resumed.ran == 1 and resumed.cached == 5
+    # Re-rendering from the cache gives the tables of the run itself.
+    tables, _ = report_experiment(first.out_dir)
+    assert tables[0].rows == resumed.tables[0].rows
+    lpips_rows = [r for r in tables[0].rows if "LPIPS" in r[0]]
+    assert lpips_rows == [r for r in first.tables[0].rows if "LPIPS" in r[0]]
+
+
+def test_experiment_cli(tradeoff, capsys: pytest.CaptureFixture[str]) -> None:
+    _out, outcome = tradeoff
+    assert main(["experiment", "list"]) == 0
+    assert "tradeoff" in capsys.readouterr().out
+    assert main(["experiment", "report", str(outcome.out_dir)]) == 0
+    assert "LPIPS avg" in capsys.readouterr().out
+    assert main(["experiment", "run", "nosuch"]) == 2
+    assert "unknown experiment 'nosuch'" in capsys.readouterr().err
+    assert main(["experiment", "run", "tradeoff", "--set", "attack.iters=3"]) == 2
+    assert "attack.iters: unknown setting" in capsys.readouterr().err
+
+
+def test_paper_preset_validates(tmp_path: Path) -> None:
+    settings = resolve_settings("tradeoff", "paper", ["data.root=/data/cifar"])
+    assert settings["attack"]["iterations"] == 10000 and settings["attack"]["batch_sizes"] == [1, 16, 32]
+    assert len(settings["defenses"]) == 13
+    with pytest.raises(ExperimentError, match="--preset"):
+        resolve_settings("tradeoff", "huge", [])
