@@ -74,3 +74,19 @@ def test_ray_simulation_runs_with_only_loopback(tmp_path: Path) -> None:
         addresses = set(re.findall(r'inet_addr\("([^"]+)"\)|inet_pton\(AF_INET6, "([^"]+)"', trace.read_text()))
         outside = {a or b for a, b in addresses} - {"127.0.0.1", "::1", "::ffff:127.0.0.1", "0.0.0.0"}
         assert not outside, f"connections attempted outside loopback: {sorted(outside)}"
+
+
+def test_ray_run_with_instahide_and_gradprune_sends_only_defended_updates(tmp_path: Path) -> None:
+    defenses = 'defenses=[{name="instahide",k=4},{name="gradprune",p=0.9}]'
+    run_dir = _run_dir_of(_cli_command(tmp_path, defenses, "federation.protocol=fedsgd"))
+    log = TrafficLog.open(run_dir)
+    ups = log.messages(direction="up", message_type="train")
+    assert len(ups) == 4
+    for message in ups:
+        for name, array in log.arrays(message.id).items():
+            zeros = float((array == 0).mean())
+            assert zeros >= 0.9, f"message {message.id} {name}: only {zeros:.1%} zeros"
+    from adversary.ground_truth import GroundTruth
+
+    step = GroundTruth.open(run_dir).batch_for(ups[0].reply_to).steps[0]
+    assert {"keys/partners", "keys/coeffs", "keys/signs", "encoded"} <= set(step)
