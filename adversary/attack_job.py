@@ -21,6 +21,7 @@ from adversary.ground_truth import GroundTruth
 from adversary.grants import grant_inputs, private_batch, threat_model_for
 from adversary.metrics import evaluate_reconstruction
 from adversary.observation import Observation, observe
+from adversary.roles.base import AttackTarget
 from adversary.report import ATTACK_JSON, GRID_PNG, METRICS_JSON, save_grid, save_loss_curve, write_json
 
 ATTACKS_DIR = "attacks"
@@ -68,8 +69,31 @@ def run_attack_on_message(
     threat: dict[str, Any] | None = None,
     progress: Progress | None = None,
 ) -> AttackOutcome:
+    return run_attack(run_dir, AttackTarget("update", None, (msg_id,)), preset, attack_overrides=attack_overrides,
+                      threat=threat, progress=progress)
+
+
+def observe_target(run_dir: Path, target: AttackTarget) -> Observation:
+    if target.kind == "aggregate":
+        from adversary.aggregate import observe_aggregate
+
+        return observe_aggregate(run_dir, target)
+    return observe(run_dir, target.messages[0])
+
+
+def run_attack(
+    run_dir: str | Path,
+    target: AttackTarget,
+    preset: str,
+    *,
+    attack_overrides: dict[str, Any] | None = None,
+    threat: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> AttackOutcome:
+    """Attack one target (a client update or an aggregate) and write its outputs."""
     run_dir = Path(run_dir)
-    obs = observe(run_dir, msg_id)
+    obs = observe_target(run_dir, target)
+    msg_id = obs.reply.id
     threat_model: ThreatModel = threat_model_for(obs, threat)
     truth = _open_truth(run_dir)
     inputs = grant_inputs(obs, threat_model, truth)
@@ -80,7 +104,8 @@ def run_attack_on_message(
 
     metrics = score(obs, result.images, result.labels, truth)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = run_dir / ATTACKS_DIR / f"r{obs.round}-m{msg_id}-{preset}-{stamp}-{secrets.token_hex(2)}"
+    label = f"m{msg_id}" if target.kind == "update" else f"agg{len(obs.aggregate_of)}"
+    out_dir = run_dir / ATTACKS_DIR / f"r{obs.round}-{label}-{preset}-{stamp}-{secrets.token_hex(2)}"
     out_dir.mkdir(parents=True)
     shown = result.images.abs() if obs.input_range[0] < 0 else result.images
     if truth is not None and "perm" in metrics:
@@ -93,8 +118,10 @@ def run_attack_on_message(
     save_file({"images": result.images.contiguous(), "labels": result.labels.contiguous()}, str(out_dir / "reconstruction.safetensors"))
     summary = {
         "message": msg_id,
+        "target": {"kind": target.kind, "messages": list(target.messages), "round": obs.round,
+                   "aggregate_of": list(obs.aggregate_of)},
         "round": obs.round,
-        "client_node": obs.client,
+        "client_node": None if obs.aggregate_of else obs.client,
         "preset": preset,
         "objective": result.objective,
         "trial_losses": result.trial_losses,

@@ -75,20 +75,26 @@ class Evaluation:
         return self.encoded_labels if self.encoded_labels is not None else self.labels
 
 
-def _cat(batch: PrivateBatch, key: str) -> torch.Tensor | None:
-    if not all(key in s for s in batch.steps):
+def _cat(batches: list[PrivateBatch], key: str) -> torch.Tensor | None:
+    steps = [s for b in batches for s in b.steps]
+    if not all(key in s for s in steps):
         return None
-    return torch.cat([torch.from_numpy(s[key]) for s in batch.steps])
+    return torch.cat([torch.from_numpy(s[key]) for s in steps])
 
 
 def private_batch(obs: Observation, truth: GroundTruth) -> Evaluation:
-    batch = truth.batch_for(obs.reply.reply_to or "")
-    if batch is None:
+    """The private data behind an update (all contributing clients' for an aggregate)."""
+    batches = obs.private_batches(truth)
+    if not batches or any(b is None for b in batches):
         raise GrantError(f"MSG_ID: the ground-truth sidecar has no private batch for message {obs.reply.id}")
-    return Evaluation(_cat(batch, "images"), _cat(batch, "labels"), batch, _cat(batch, "encoded"), _cat(batch, "encoded_labels"))
+    return Evaluation(_cat(batches, "images"), _cat(batches, "labels"), batches[0], _cat(batches, "encoded"),
+                      _cat(batches, "encoded_labels"))
 
 
 def _bn_exact(obs: Observation, ev: Evaluation) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if obs.aggregate_of:
+        raise GrantError("threat.bn_stats: 'exact' is undefined for an aggregate of several clients' batches "
+                         "(use 'proxy' or 'none')")
     if len(ev.batch.steps) != 1:
         raise GrantError("threat.bn_stats: 'exact' is defined for one local step; this update has "
                          f"{len(ev.batch.steps)} (use 'proxy', 'infer' or 'none')")

@@ -134,5 +134,13 @@ class GroundTruth:
             steps[int(head.removeprefix("step"))][name] = value
         return PrivateBatch(iid, int(node), part, rnd, steps, json.loads(extra))
 
+    def batch_for_round(self, round: int, node_id: int) -> PrivateBatch | None:
+        """The private data a node trained on in a round (one training reply per node and round)."""
+        rows = self._query(
+            "SELECT instruction_id FROM batches WHERE round = ? AND node_id = ? ORDER BY created_at DESC",
+            (round, str(node_id)),
+        )
+        return self.batch_for(rows[0][0]) if rows else None
+
     def __len__(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM batches")[0][0])

@@ -32,6 +32,10 @@ class Observation:
     local: dict[str, Any]
     task: Task
     running_stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    # For aggregate targets: the nodes whose private batches the update averages
+    # (used by the evaluator to score; the attack never reads the sidecar).
+    aggregate_of: tuple[int, ...] = ()
+    target_round: int | None = None
 
     @property
     def encoder(self) -> str | None:
@@ -46,11 +50,17 @@ class Observation:
 
     @property
     def round(self) -> int | None:
-        return self.reply.round
+        return self.target_round if self.target_round is not None else self.reply.round
 
     @property
     def client(self) -> int:
         return self.reply.src_node
+
+    def private_batches(self, truth: Any) -> list[Any]:
+        """Evaluator side: the sidecar batches behind this update."""
+        if self.aggregate_of:
+            return [truth.batch_for_round(self.round, node) for node in self.aggregate_of]
+        return [truth.batch_for(self.reply.reply_to or "")]
 
 
 def _record(tensors: dict[str, torch.Tensor], record: str) -> dict[str, torch.Tensor]:

@@ -11,12 +11,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import threading
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torchvision.utils import make_grid, save_image  # noqa: E402
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid, save_image
+
+# Attack workers may run on threads; matplotlib's text layout is not thread-safe.
+_PLOT_LOCK = threading.Lock()
 
 GRID_PNG = "grid.png"
 LOSS_PNG = "loss.png"
@@ -52,16 +55,18 @@ def save_loss_curve(out_dir: Path, curve: list[float], title: str) -> None:
         writer = csv.writer(fh)
         writer.writerow(["iteration", "loss"])
         writer.writerows(enumerate(curve))
-    fig, ax = plt.subplots(figsize=(5, 3), dpi=120)
-    ax.plot(range(len(curve)), curve, lw=1)
-    if curve and min(curve) > 0:
-        ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("attack loss")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_dir / LOSS_PNG)
-    plt.close(fig)
+    with _PLOT_LOCK:
+        fig = Figure(figsize=(5, 3), dpi=120)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.plot(range(len(curve)), curve, lw=1)
+        if curve and min(curve) > 0:
+            ax.set_yscale("log")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("attack loss")
+        ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out_dir / LOSS_PNG)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

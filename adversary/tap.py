@@ -9,6 +9,7 @@ top of the wrapped push/pull so no message can bypass the recording.
 from __future__ import annotations
 
 import hashlib
+import io
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -18,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 
+from adversary.roles.base import Intercept
 from adversary.traffic_log import OutgoingRecord, TrafficWriter
 
 ROUND_KEY = "server-round"
@@ -29,8 +31,27 @@ def content_digest(content: RecordDict) -> tuple[int, str]:
     return len(raw), hashlib.sha256(raw).hexdigest()
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _npy(value: Any) -> np.ndarray | None:
+    """A numpy array serialised with ``np.save`` (Flower's ``ndarray_to_bytes``), else None. Never unpickles."""
+    if not isinstance(value, bytes) or not value.startswith(_NPY_MAGIC):
+        return None
+    try:
+        return np.load(io.BytesIO(value), allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None
+
+
 def flatten_content(content: RecordDict) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
-    """Split a RecordDict into ``record/key`` tensors, metrics and config values."""
+    """Split a RecordDict into ``record/key`` tensors, metrics and config values.
+
+    Arrays a ConfigRecord carries as ``.npy`` bytes (SecAgg+ uploads its masked vectors
+    as ``secaggplus_configs/masked_params``, a list of them) are also recorded as
+    tensors, named ``record/key`` or ``record/key/<index>`` for a list; the config
+    keeps only their byte counts, like any bytes value.
+    """
     tensors: dict[str, np.ndarray] = {}
     metrics: dict[str, Any] = {}
     config: dict[str, Any] = {}
@@ -41,7 +62,14 @@ def flatten_content(content: RecordDict) -> tuple[dict[str, np.ndarray], dict[st
         elif isinstance(record, MetricRecord):
             metrics.update({f"{rname}/{k}": v for k, v in record.items()})
         elif isinstance(record, ConfigRecord):
-            config.update({f"{rname}/{k}": v for k, v in record.items()})
+            for k, v in record.items():
+                config[f"{rname}/{k}"] = v
+                if isinstance(v, list):
+                    for i, item in enumerate(v):
+                        if (array := _npy(item)) is not None:
+                            tensors[f"{rname}/{k}/{i}"] = array
+                elif (array := _npy(v)) is not None:
+                    tensors[f"{rname}/{k}"] = array
     return tensors, metrics, config
 
 
@@ -56,15 +84,15 @@ def _round_of(message: Message, config: dict[str, Any]) -> int | None:
 class TappedGrid(Grid):
     """Delegates to a real Grid and writes each message to a traffic log.
 
-    ``observe`` (optional) is called with each recorded ``(log_id, message,
-    direction)``; adversary roles use it to react as messages arrive.
+    ``observe`` (optional) is called with an :class:`Intercept` for each recorded
+    message, after it is committed; adversary roles use it to react as messages arrive.
     """
 
     def __init__(
         self,
         inner: Grid,
         writer: TrafficWriter,
-        observe: Callable[[int, Message, str], None] | None = None,
+        observe: Callable[[Intercept], None] | None = None,
         pull_interval: float = 0.05,
     ) -> None:
         self._inner = inner
@@ -153,4 +181,4 @@ class TappedGrid(Grid):
             )
         )
         if self._observe is not None:
-            self._observe(log_id, message, direction)
+            self._observe(Intercept(log_id, rnd, direction, meta.src_node_id, meta.dst_node_id, meta.message_type))

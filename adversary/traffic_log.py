@@ -335,3 +335,22 @@ class TrafficLog:
             created_at=created, logged_at=logged, metrics=json.loads(metrics), config=json.loads(config),
             error=error, tensors=tensors,
         )
+
+
+class TrafficView:
+    """The read-only queries of a traffic log and nothing else (no paths, no writer).
+
+    This is what adversary roles get: every message the tap recorded, through
+    queries that name no path, so a role has no direct way to the run directory
+    and the ground-truth sidecar beside it (tests check a role never opens it).
+    """
+
+    __slots__ = ("messages", "message", "tensors", "arrays", "rounds", "clients")
+
+    def __init__(self, log: TrafficLog) -> None:
+        self.messages = log.messages
+        self.message = log.message
+        self.tensors = log.tensors
+        self.arrays = log.arrays
+        self.rounds = log.rounds
+        self.clients = log.clients

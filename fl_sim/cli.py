@@ -157,6 +157,24 @@ def _attack_targets(args: argparse.Namespace) -> list[int]:
     return [m.id for m in updates]
 
 
+def _resume_attacks(args: argparse.Namespace, console: Console) -> None:
+    """Run the attacks a run's adversary scheduled but did not finish."""
+    from adversary.jobs import JobBook
+    from adversary.service import execute_job
+
+    if not JobBook.exists(args.run_dir):
+        raise UserError(f"RUN_DIR: {args.run_dir} has no adversary job book (the run had no adversary role)")
+    book = JobBook(args.run_dir)
+    try:
+        todo = [j.id for j in book.jobs(("pending", "running"))]
+    finally:
+        book.close()
+    console.print(f"{len(todo)} unfinished attacks")
+    for job_id in todo:
+        result = execute_job(str(args.run_dir), job_id)
+        console.print(f"job {job_id}: {result['state']}" + (f"  outputs: {result['out_dir']}" if "out_dir" in result else ""))
+
+
 def _cmd_attack(args: argparse.Namespace, console: Console) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -166,6 +184,9 @@ def _cmd_attack(args: argparse.Namespace, console: Console) -> None:
     from adversary.grants import GrantError
     from adversary.traffic_log import TrafficLogError
 
+    if args.resume:
+        _resume_attacks(args, console)
+        return
     attack_overrides, threat = _attack_overrides(args.set or [])
     targets = _attack_targets(args)
     for msg_id in targets:
@@ -260,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--round", type=int)
     attack.add_argument("--client", type=int, help="client node id (see fl-sim traffic list)")
     attack.add_argument("--all", action="store_true", help="every captured client update of --round")
+    attack.add_argument("--resume", action="store_true", help="run the attacks the run's adversary left pending")
     attack.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="attack.<key> (e.g. attack.iterations=500, attack.regularizers.tv.weight=0.1) or "
                              "threat.<key> (labels=known|infer|unknown, bn_stats=exact|proxy|infer|none)")

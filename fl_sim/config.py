@@ -153,6 +153,24 @@ class TapConfig(_Section):
     ground_truth: bool = True
 
 
+class AdversaryConfig(_Section):
+    """Who attacks during the run: a role (by name or ``module:Class``) and its attack."""
+
+    role: str = "none"
+    options: dict[str, Any] = Field(default_factory=dict)
+    preset: str = "inverting-gradients"
+    attack: dict[str, Any] = Field(default_factory=dict)
+    threat: dict[str, Any] = Field(default_factory=dict)
+    workers: int = Field(1, ge=1, le=64)
+    worker_cpus: float = Field(0.0, ge=0)
+    wait: bool = True
+    max_attacks: int | None = Field(None, ge=1)
+
+    @property
+    def active(self) -> bool:
+        return self.role != "none"
+
+
 class DefenseParams(_Section):
     """Base of every client-side defense's typed parameters.
 
@@ -176,6 +194,7 @@ class RunConfig(_Section):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tap: TapConfig = Field(default_factory=TapConfig)
+    adversary: AdversaryConfig = Field(default_factory=AdversaryConfig)
     secagg: SecAggConfig = Field(default_factory=SecAggConfig)
     defenses: list[SerializeAsAny[DefenseParams]] = Field(default_factory=list)
 

@@ -38,6 +38,30 @@ def validate(config: RunConfig) -> None:
 
         if not torch.cuda.is_available():
             raise ConfigError("engine.num_gpus_per_client: no GPU is visible; set it to 0")
+    if config.adversary.active:
+        validate_adversary(config)
+
+
+def validate_adversary(config: RunConfig) -> None:
+    """The role loads, its options fit, the attack preset and overrides resolve."""
+    from adversary.attacks import ConfigError as AttackConfigError
+    from adversary.attacks import preset_config
+    from adversary.grants import THREAT_KEYS
+    from adversary.roles import RoleError, build_role
+    from adversary.service import role_context
+    from fl_sim.engine.node_ids import node_ids_for
+
+    if not config.tap.enabled:
+        raise ConfigError("adversary.role: an adversary needs the tap; set tap.enabled = true")
+    nodes = node_ids_for(config.seed, config.federation.num_clients)
+    try:
+        build_role(config.adversary.role, dict(config.adversary.options), role_context(config.federation.secagg, dict(enumerate(nodes))))
+        preset_config(config.adversary.preset, dict(config.adversary.attack))
+    except (RoleError, AttackConfigError) as exc:
+        raise ConfigError(str(exc).replace("\n", " ")) from None
+    for key in config.adversary.threat:
+        if key not in THREAT_KEYS:
+            raise ConfigError(f"adversary.threat.{key}: unknown key; choose one of: {', '.join(THREAT_KEYS)}")
 
 
 def write_partitions(config: RunConfig, run_dir: Path) -> None:

@@ -15,6 +15,15 @@ from fl_sim.config import RunConfig
 from server.loop import FederatedLoop, TrainingResult
 
 
+def _start_adversary(config: RunConfig, run_path: Path):  # noqa: ANN202
+    from adversary.service import role_context, start_adversary
+    from fl_sim.engine.node_ids import node_ids_for
+
+    nodes = node_ids_for(config.seed, config.federation.num_clients)
+    context = role_context(config.federation.secagg, dict(enumerate(nodes)))
+    return start_adversary(run_path, config.adversary, context, config.engine.name)
+
+
 def make_server_app(
     config: RunConfig,
     run_dir: str | Path | None,
@@ -27,9 +36,12 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         writer = None
+        adversary = None
         if config.tap.enabled and run_path is not None:
             writer = TrafficWriter(run_path)
-            grid = TappedGrid(grid, writer)
+            if config.adversary.active:
+                adversary = _start_adversary(config, run_path)
+            grid = TappedGrid(grid, writer, observe=adversary.on_intercept if adversary is not None else None)
         try:
             if config.federation.secagg:
                 from server.secagg import run_secagg  # Flower's legacy SecAgg+ workflow
@@ -38,6 +50,10 @@ def make_server_app(
             else:
                 result = FederatedLoop(config, run_path, console=Console(stderr=True, quiet=quiet)).run(grid)
         finally:
+            if adversary is not None:
+                states = adversary.finish(config.adversary.wait)
+                Console(stderr=True, quiet=quiet).print(
+                    "adversary: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + " attacks")
             if writer is not None:
                 writer.close()
         if on_result is not None:

@@ -90,3 +90,14 @@ def test_ray_run_with_instahide_and_gradprune_sends_only_defended_updates(tmp_pa
 
     step = GroundTruth.open(run_dir).batch_for(ups[0].reply_to).steps[0]
     assert {"keys/partners", "keys/coeffs", "keys/signs", "encoded"} <= set(step)
+
+
+def test_ray_run_with_curious_server_attacks_on_ray_actors(tmp_path: Path) -> None:
+    """The adversary runs as a named Ray actor beside Flower's clients; attacks finish before Ray stops."""
+    run_dir = _run_dir_of(_cli_command(tmp_path, "adversary.role=curious-server", "adversary.attack.iterations=10",
+                                       "federation.protocol=fedsgd", "federation.batch_size=1"))
+    from adversary.jobs import JobBook
+
+    jobs = JobBook(run_dir).jobs()
+    assert len(jobs) == 4 and {j.state for j in jobs} == {"done"}
+    assert all((Path(j.out_dir) / "grid.png").is_file() for j in jobs)

@@ -1,0 +1,114 @@
+"""The adversary's job book: every scheduled attack, its state and where its outputs went.
+
+Lives in ``RUN_DIR/adversary/jobs.sqlite`` (WAL). Jobs still ``pending`` or
+``running`` when the simulation (and Ray) shut down stay in the book and are
+picked up by ``fl-sim attack --resume RUN_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adversary.roles.base import AttackTarget
+
+JOBS_DB = "adversary/jobs.sqlite"
+STATES = ("pending", "running", "done", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    key TEXT UNIQUE NOT NULL,
+    role TEXT NOT NULL,
+    target TEXT NOT NULL,
+    preset TEXT NOT NULL,
+    overrides TEXT NOT NULL,
+    threat TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    out_dir TEXT,
+    metrics TEXT,
+    error TEXT,
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    role: str
+    target: AttackTarget
+    preset: str
+    overrides: dict[str, Any]
+    threat: dict[str, Any]
+    state: str
+    attempts: int
+    out_dir: str | None
+    metrics: dict[str, Any] | None
+    error: str | None
+
+
+class JobBook:
+    def __init__(self, run_dir: str | Path) -> None:
+        path = Path(run_dir) / JOBS_DB
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, timeout=60.0, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.executescript(_SCHEMA)
+        self._conn.commit()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def exists(run_dir: str | Path) -> bool:
+        return (Path(run_dir) / JOBS_DB).is_file()
+
+    def add(self, role: str, target: AttackTarget, preset: str, overrides: dict[str, Any], threat: dict[str, Any]) -> int | None:
+        """Schedule once per target (a re-delivered message does not schedule twice)."""
+        payload = {"kind": target.kind, "round": target.round, "messages": list(target.messages), "client": target.client,
+                   "info": target.info}
+        with self._lock, self._conn:
+            cur = self._conn.execute(
+                "INSERT OR IGNORE INTO jobs (key, role, target, preset, overrides, threat, state, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                (f"{role}:{preset}:{target.key()}", role, json.dumps(payload), preset, json.dumps(overrides),
+                 json.dumps(threat), time.time()),
+            )
+            return int(cur.lastrowid) if cur.rowcount else None
+
+    def mark(self, job_id: int, state: str, *, out_dir: str | None = None, metrics: dict[str, Any] | None = None,
+             error: str | None = None) -> None:
+        if state not in STATES:
+            raise ValueError(f"state must be one of {STATES}")
+        with self._lock, self._conn:
+            self._conn.execute(
+                "UPDATE jobs SET state = ?, attempts = attempts + (? = 'running'), out_dir = COALESCE(?, out_dir),"
+                " metrics = COALESCE(?, metrics), error = ?, finished_at = CASE WHEN ? IN ('done', 'failed') THEN ? END"
+                " WHERE id = ?",
+                (state, state, out_dir, json.dumps(metrics, default=str) if metrics is not None else None, error, state,
+                 time.time(), job_id),
+            )
+
+    def jobs(self, states: tuple[str, ...] = STATES) -> list[Job]:
+        marks = ",".join("?" * len(states))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT id, role, target, preset, overrides, threat, state, attempts, out_dir, metrics, error FROM jobs"
+                f" WHERE state IN ({marks}) ORDER BY id", states
+            ).fetchall()
+        out = []
+        for jid, role, target, preset, overrides, threat, state, attempts, out_dir, metrics, error in rows:
+            t = json.loads(target)
+            out.append(Job(jid, role, AttackTarget(t["kind"], t["round"], tuple(t["messages"]), t["client"], t.get("info", {})),
+                           preset, json.loads(overrides), json.loads(threat), state, attempts, out_dir,
+                           json.loads(metrics) if metrics else None, error))
+        return out
+
+    def close(self) -> None:
+        self._conn.close()

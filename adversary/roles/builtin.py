@@ -1,0 +1,132 @@
+"""The built-in roles: eavesdropper, honest-but-curious server, malicious client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adversary.roles.base import AttackTarget, Intercept, RoleError, register_role
+from adversary.traffic_log import TrafficView
+
+
+def _is_update(event: Intercept) -> bool:
+    return event.direction == "up" and event.message_type == "train"
+
+
+def _rounds_ok(rounds: list[int], event: Intercept) -> bool:
+    return not rounds or event.round in rounds
+
+
+@register_role("eavesdropper")
+class Eavesdropper:
+    """Taps the links of a few clients (both directions or one) and attacks their updates.
+
+    It does not know node ids in advance: it taps the first ``links`` client links it
+    sees carrying traffic (or the explicit node ids in ``nodes``).
+    """
+
+    name = "eavesdropper"
+
+    def __init__(self, *, links: int = 1, nodes: list[int] | None = None, directions: list[str] | None = None,
+                 rounds: list[int] | None = None, context: dict[str, Any]) -> None:
+        if links < 1:
+            raise RoleError(f"adversary.options.links: must be >= 1, got {links}")
+        self.links, self.rounds = links, list(rounds or [])
+        self.tapped: list[int] = [int(n) for n in nodes or []]
+        self.fixed = bool(nodes)
+        self.directions = set(directions or ["up", "down"])
+        if not self.directions <= {"up", "down"}:
+            raise RoleError(f"adversary.options.directions: choose from up, down; got {sorted(self.directions)}")
+
+    def sees(self, event: Intercept) -> bool:
+        node = event.client_node
+        if node not in self.tapped and not self.fixed and len(self.tapped) < self.links:
+            self.tapped.append(node)
+        return node in self.tapped and event.direction in self.directions
+
+    def observe(self, event: Intercept, log: TrafficView) -> list[AttackTarget]:
+        if not self.sees(event) or not _is_update(event) or not _rounds_ok(self.rounds, event):
+            return []
+        return [AttackTarget("update", event.round, (event.log_id,), client=event.src_node)]
+
+
+@register_role("curious-server")
+class CuriousServer:
+    """Reads every message the server receives. Under secure aggregation it sees no
+    individual update, only the aggregate, which it attacks instead."""
+
+    name = "curious-server"
+
+    def __init__(self, *, rounds: list[int] | None = None, max_clients: int | None = None, context: dict[str, Any]) -> None:
+        self.rounds = list(rounds or [])
+        self.max_clients = max_clients
+        self.secagg = bool(context.get("secagg"))
+        self.per_round: dict[int | None, int] = {}
+        self.global_models: dict[int, int] = {}
+
+    def sees(self, event: Intercept) -> bool:
+        return True
+
+    def observe(self, event: Intercept, log: TrafficView) -> list[AttackTarget]:
+        if not _rounds_ok(self.rounds, event):
+            return []
+        if self.secagg:
+            return self._aggregate(event)
+        if not _is_update(event):
+            return []
+        count = self.per_round.get(event.round, 0)
+        if self.max_clients is not None and count >= self.max_clients:
+            return []
+        self.per_round[event.round] = count + 1
+        return [AttackTarget("update", event.round, (event.log_id,), client=event.src_node)]
+
+    def _aggregate(self, event: Intercept) -> list[AttackTarget]:
+        # The first global model sent in round r+1 closes round r's aggregate.
+        if event.direction != "down" or event.message_type != "train" or event.round is None:
+            return []
+        if event.round in self.global_models:
+            return []
+        self.global_models[event.round] = event.log_id
+        before = self.global_models.get(event.round - 1)
+        if before is None:
+            return []
+        return [AttackTarget("aggregate", event.round - 1, (before, event.log_id))]
+
+
+@register_role("malicious-client")
+class MaliciousClient:
+    """A participant: sees only the global models it receives (and its own replies).
+
+    Between two rounds it took part in, the change of the global model is the
+    average update of all participants; subtracting its own leaves the others'
+    average, which it attacks. Which simulated client is malicious is chosen by
+    ``partition`` (simulation bookkeeping; the role itself only learns its node id).
+    """
+
+    name = "malicious-client"
+
+    def __init__(self, *, partition: int = 0, rounds: list[int] | None = None, context: dict[str, Any]) -> None:
+        node_of = context.get("node_of_partition") or {}
+        if partition not in node_of:
+            raise RoleError(f"adversary.options.partition: no client with partition {partition} "
+                            f"(have {sorted(node_of)})")
+        self.node = int(node_of[partition])
+        self.rounds = list(rounds or [])
+        self.models: dict[int, int] = {}
+        self.own_reply: dict[int, int] = {}
+
+    def sees(self, event: Intercept) -> bool:
+        return event.client_node == self.node and (
+            (event.direction == "down" and event.message_type == "train") or _is_update(event)
+        )
+
+    def observe(self, event: Intercept, log: TrafficView) -> list[AttackTarget]:
+        if not self.sees(event) or event.round is None:
+            return []
+        if event.direction == "up":
+            self.own_reply[event.round] = event.log_id
+            return []
+        self.models[event.round] = event.log_id
+        prev = event.round - 1
+        if prev not in self.models or prev not in self.own_reply or not _rounds_ok(self.rounds, Intercept(0, prev, "up", 0, 0, "train")):
+            return []
+        return [AttackTarget("aggregate", prev, (self.models[prev], event.log_id, self.own_reply[prev]), client=self.node)]

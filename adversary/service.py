@@ -1,0 +1,195 @@
+"""The adversary at run time: a role deciding what to attack, and workers attacking.
+
+Under the Ray engine the adversary is a named actor in the simulation's own Ray
+runtime (``fl-sim-adversary``, no CPU reserved so Flower's client pool is sized
+as before) and dispatches attacks to worker actors: one GPU each where GPUs
+exist, CPU workers otherwise. A worker that dies is restarted by Ray and its
+attack retried once. The simulation does not wait for attacks while it trains;
+at the end of the run it waits for them (``adversary.wait``) or leaves them in
+the job book as pending, for ``fl-sim attack --resume``. Under the inline
+engine the same logic runs on threads.
+
+Every result is written into the run directory by the worker that computed it,
+so nothing is lost when Flower shuts Ray down.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import traceback
+from pathlib import Path
+from typing import Any
+
+from adversary.jobs import JobBook
+from adversary.roles.base import Intercept, build_role
+from adversary.traffic_log import TrafficLog, TrafficView
+from fl_sim.config import AdversaryConfig
+
+ACTOR_NAME = "fl-sim-adversary"
+
+
+def role_context(secagg: bool, node_of_partition: dict[int, int]) -> dict[str, Any]:
+    return {"secagg": secagg, "node_of_partition": node_of_partition}
+
+
+def execute_job(run_dir: str, job_id: int) -> dict[str, Any]:
+    """Run one job from the book and record its outcome (in whatever process runs it)."""
+    import torch
+
+    from adversary.attack_job import run_attack
+
+    if os.environ.get("FL_SIM_WORKER_THREADS"):
+        torch.set_num_threads(int(os.environ["FL_SIM_WORKER_THREADS"]))
+    book = JobBook(run_dir)
+    try:
+        job = next(j for j in book.jobs() if j.id == job_id)
+        book.mark(job_id, "running")
+        try:
+            outcome = run_attack(run_dir, job.target, job.preset, attack_overrides=job.overrides, threat=job.threat)
+        except Exception as exc:  # recorded, not raised: one bad attack must not stop the others
+            book.mark(job_id, "failed", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}")
+            return {"job": job_id, "state": "failed"}
+        book.mark(job_id, "done", out_dir=str(outcome.out_dir), metrics=outcome.metrics)
+        return {"job": job_id, "state": "done", "out_dir": str(outcome.out_dir)}
+    finally:
+        book.close()
+
+
+class AdversaryCore:
+    """The role and the job book: turns intercepts into scheduled jobs."""
+
+    def __init__(self, run_dir: str, config: AdversaryConfig, context: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.config = config
+        self.role = build_role(config.role, dict(config.options), context)
+        self.book = JobBook(run_dir)
+        self.scheduled = 0
+
+    def on_intercept(self, event: Intercept) -> list[int]:
+        if self.config.max_attacks is not None and self.scheduled >= self.config.max_attacks:
+            return []
+        with TrafficLog.open(self.run_dir) as log:
+            targets = self.role.observe(event, TrafficView(log))
+        ids = []
+        for target in targets:
+            if self.config.max_attacks is not None and self.scheduled >= self.config.max_attacks:
+                break
+            job = self.book.add(self.config.role, target, self.config.preset, dict(self.config.attack), dict(self.config.threat))
+            if job is not None:
+                ids.append(job)
+                self.scheduled += 1
+        return ids
+
+
+class ThreadAdversary:
+    """Inline engine: the same core, attacks on a thread pool."""
+
+    def __init__(self, run_dir: str, config: AdversaryConfig, context: dict[str, Any]) -> None:
+        self.core = AdversaryCore(run_dir, config, context)
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="attack")
+        self.futures: list[concurrent.futures.Future] = []
+
+    def on_intercept(self, event: Intercept) -> None:
+        for job in self.core.on_intercept(event):
+            self.futures.append(self.pool.submit(execute_job, self.core.run_dir, job))
+
+    def finish(self, wait: bool) -> dict[str, int]:
+        if wait:
+            concurrent.futures.wait(self.futures)
+            self.pool.shutdown(wait=True)
+        else:
+            for future in self.futures:
+                future.cancel()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        return _states(self.core.run_dir)
+
+
+def _states(run_dir: str) -> dict[str, int]:
+    book = JobBook(run_dir)
+    try:
+        counts: dict[str, int] = {}
+        for job in book.jobs():
+            counts[job.state] = counts.get(job.state, 0) + 1
+        return counts
+    finally:
+        book.close()
+
+
+def _ray_classes() -> tuple[Any, Any]:
+    import ray
+
+    @ray.remote(max_restarts=1, max_task_retries=1)
+    class AttackWorker:
+        def run(self, run_dir: str, job_id: int) -> dict[str, Any]:
+            return execute_job(run_dir, job_id)
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    @ray.remote(num_cpus=0)
+    class AdversaryActor:
+        def __init__(self, run_dir: str, config_json: str, context: dict[str, Any], worker_options: dict[str, Any]) -> None:
+            config = AdversaryConfig.model_validate_json(config_json)
+            self.core = AdversaryCore(run_dir, config, context)
+            self.workers = [AttackWorker.options(**worker_options).remote() for _ in range(config.workers)]
+            self.refs: list[Any] = []
+            self.next = 0
+
+        def on_intercept(self, event: Intercept) -> int:
+            for job in self.core.on_intercept(event):
+                worker = self.workers[self.next % len(self.workers)]
+                self.next += 1
+                self.refs.append(worker.run.remote(self.core.run_dir, job))
+            return len(self.refs)
+
+        def worker_pids(self) -> list[int]:
+            return ray.get([w.pid.remote() for w in self.workers])
+
+        def kill_worker(self, index: int) -> None:
+            """For fault-tolerance tests: crash a worker; Ray restarts it and retries its task."""
+            ray.kill(self.workers[index], no_restart=False)
+
+        def finish(self, wait: bool) -> list[dict[str, Any]]:
+            if not wait:
+                return []
+            done = []
+            for ref in self.refs:
+                try:
+                    done.append(ray.get(ref))
+                except Exception as exc:  # the retry failed too: the job stays as the book has it
+                    done.append({"state": "lost", "error": str(exc)})
+            return done
+
+    return AttackWorker, AdversaryActor
+
+
+class RayAdversary:
+    """Ray engine: a named adversary actor and a pool of attack workers."""
+
+    def __init__(self, run_dir: str, config: AdversaryConfig, context: dict[str, Any]) -> None:
+        import ray
+
+        _, actor_cls = _ray_classes()
+        gpus = ray.cluster_resources().get("GPU", 0)
+        worker_options: dict[str, Any] = {"num_cpus": config.worker_cpus, "num_gpus": 1 if gpus >= 1 else 0}
+        self.run_dir = run_dir
+        self.actor = actor_cls.options(name=ACTOR_NAME, get_if_exists=False).remote(
+            run_dir, config.model_dump_json(), context, worker_options
+        )
+
+    def on_intercept(self, event: Intercept) -> None:
+        self.actor.on_intercept.remote(event)  # fire and forget: training does not wait
+
+    def finish(self, wait: bool) -> dict[str, int]:
+        import ray
+
+        ray.get(self.actor.finish.remote(wait))
+        return _states(self.run_dir)
+
+
+def start_adversary(run_dir: str | Path, config: AdversaryConfig, context: dict[str, Any], engine: str) -> Any:
+    """The adversary for this engine (Ray actor or threads)."""
+    if engine == "ray":
+        return RayAdversary(str(run_dir), config, context)
+    return ThreadAdversary(str(run_dir), config, context)

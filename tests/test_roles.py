@@ -1,0 +1,191 @@
+"""Adversary roles: what each one sees, plug-in roles, job book, resume, Ray workers."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from adversary.ground_truth import GroundTruth
+from adversary.jobs import JobBook
+from adversary.roles import Intercept, RoleError, build_role
+from adversary.service import role_context
+from adversary.traffic_log import TrafficLog, TrafficView
+from fl_sim.cli import main
+from fl_sim.config import ConfigError
+from fl_sim.engine.node_ids import node_ids_for
+from fl_sim.simulation import run_simulation
+
+BASE = ("data.name=cifar10-sample", "model.options={width=8}", "federation.num_clients=3", "federation.rounds=3",
+        "federation.protocol=fedsgd", "federation.batch_size=1")
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.conftest import tiny_config
+
+    return run_simulation(tiny_config(tmp_path_factory.mktemp("runs"), *BASE)).run_dir
+
+
+def _replay(run_dir: Path, role_name: str, options: dict, secagg: bool = False):
+    """Feed a role every logged message in order, as the tap would; collect what it sees and targets."""
+    nodes = node_ids_for(0, 3)
+    role = build_role(role_name, options, role_context(secagg, dict(enumerate(nodes))))
+    log = TrafficLog.open(run_dir)
+    seen, targets = [], []
+    for m in log.messages():
+        event = Intercept(m.id, m.round, m.direction, m.src_node, m.dst_node, m.message_type)
+        if role.sees(event):
+            seen.append(m)
+        targets += role.observe(event, TrafficView(log))
+    return nodes, seen, targets
+
+
+def test_eavesdropper_sees_only_its_tapped_link(plain_run: Path) -> None:
+    _nodes, seen, targets = _replay(plain_run, "eavesdropper", {"links": 1})
+    links = {m.client_node for m in seen}
+    assert len(links) == 1
+    assert {m.direction for m in seen} == {"up", "down"}
+    assert len(targets) == 3 and all(t.kind == "update" and t.client in links for t in targets)
+    _n, seen_up, _t = _replay(plain_run, "eavesdropper", {"links": 2, "directions": ["up"]})
+    assert {m.direction for m in seen_up} == {"up"} and len({m.client_node for m in seen_up}) == 2
+
+
+def test_curious_server_sees_every_update(plain_run: Path) -> None:
+    _nodes, seen, targets = _replay(plain_run, "curious-server", {})
+    assert len(seen) == len(TrafficLog.open(plain_run))
+    assert len(targets) == 9 and {t.kind for t in targets} == {"update"}
+
+
+def test_curious_server_under_secagg_attacks_only_aggregates(plain_run: Path) -> None:
+    _nodes, _seen, targets = _replay(plain_run, "curious-server", {}, secagg=True)
+    assert [t.kind for t in targets] == ["aggregate", "aggregate"]
+    assert [t.round for t in targets] == [1, 2]
+
+
+def test_malicious_client_sees_only_its_global_models_and_own_replies(plain_run: Path) -> None:
+    nodes, seen, targets = _replay(plain_run, "malicious-client", {"partition": 1})
+    assert {m.client_node for m in seen} == {nodes[1]}
+    assert all((m.direction, m.message_type) in {("down", "train"), ("up", "train")} for m in seen)
+    assert [t.kind for t in targets] == ["aggregate", "aggregate"]
+    assert all(t.client == nodes[1] and len(t.messages) == 3 for t in targets)
+
+
+def test_roles_never_open_the_ground_truth(plain_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(*_a, **_k):
+        raise AssertionError("a role touched the ground-truth sidecar")
+
+    for name in ("open", "batch_for", "batch_for_round", "partition_of", "node_partitions"):
+        monkeypatch.setattr(GroundTruth, name, forbidden)
+    for role, opts in (("eavesdropper", {"links": 3}), ("curious-server", {}), ("malicious-client", {"partition": 0})):
+        _replay(plain_run, role, opts)
+    view = TrafficView(TrafficLog.open(plain_run))
+    assert not hasattr(view, "root") and not hasattr(view, "__dict__")
+
+
+@pytest.mark.parametrize("role", ["eavesdropper", "curious-server", "malicious-client"])
+def test_run_with_role_produces_attacks_while_training(tiny, role: str) -> None:
+    """On the embedded default data (MNIST digits)."""
+    cfg = tiny("federation.protocol=fedsgd", "federation.batch_size=1", "federation.rounds=3", f"adversary.role={role}",
+               "adversary.attack.iterations=20", "adversary.workers=2")
+    out = run_simulation(cfg)
+    book = JobBook(out.run_dir)
+    jobs = book.jobs()
+    assert jobs and all(j.state == "done" for j in jobs)
+    for job in jobs:
+        metrics = json.loads((Path(job.out_dir) / "metrics.json").read_text())
+        assert metrics["target"]["kind"] == ("aggregate" if role == "malicious-client" else "update")
+        assert metrics["lpips_avg"] is not None
+
+
+def test_role_plugs_in_from_an_outside_module(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "my_roles.py").write_text(textwrap.dedent("""
+        from adversary.roles import AttackTarget
+
+        class LastRoundOnly:
+            name = "last-round-only"
+            def __init__(self, *, round, context):
+                self.round = round
+            def sees(self, event):
+                return True
+            def observe(self, event, log):
+                if event.direction == "up" and event.message_type == "train" and event.round == self.round:
+                    return [AttackTarget("update", event.round, (event.log_id,), client=event.src_node)]
+                return []
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = tiny(*BASE, "adversary.role=my_roles:LastRoundOnly", "adversary.options={round=3}", "adversary.attack.iterations=5")
+    out = run_simulation(cfg)
+    jobs = JobBook(out.run_dir).jobs()
+    assert len(jobs) == 3 and {j.target.round for j in jobs} == {3}
+    sys.modules.pop("my_roles", None)
+
+
+def test_pending_attacks_are_kept_and_resumed(tiny, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tiny(*BASE, "adversary.role=eavesdropper", "adversary.attack.iterations=300", "adversary.wait=false")
+    out = run_simulation(cfg)
+    states = [j.state for j in JobBook(out.run_dir).jobs()]
+    assert len(states) == 3 and "pending" in states  # the last update arrives just before the run ends
+    assert main(["attack", str(out.run_dir), "--resume"]) == 0
+    assert "unfinished attacks" in capsys.readouterr().out
+    assert {j.state for j in JobBook(out.run_dir).jobs()} == {"done"}
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("adversary.role=spy", "adversary.role: unknown role 'spy'"),
+        ("adversary.role=nosuchmod:Role", "adversary.role: cannot load"),
+        ("adversary.options={links=0}", "adversary.options.links"),
+        ("adversary.threat={colour=1}", "adversary.threat.colour: unknown key"),
+    ],
+)
+def test_role_config_errors(tiny, override: str, expected: str) -> None:
+    role = [] if override.startswith("adversary.role") else ["adversary.role=eavesdropper"]
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        run_simulation(tiny(*BASE, *role, override))
+
+
+def test_malicious_client_partition_must_exist() -> None:
+    with pytest.raises(RoleError, match="adversary.options.partition"):
+        build_role("malicious-client", {"partition": 7}, role_context(False, {0: 11, 1: 12}))
+
+
+def test_crashed_ray_worker_is_restarted_and_its_attack_retried(plain_run: Path, tmp_path: Path) -> None:
+    """Kill an attack worker mid-attack: Ray restarts it, retries the attack once, the result arrives."""
+    import shutil
+    import time
+
+    import ray
+
+    from adversary.roles import AttackTarget
+    from adversary.service import _ray_classes
+    from fl_sim.netguard import init_ray_local
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(plain_run, run_dir, ignore=shutil.ignore_patterns("attacks", "adversary"))
+    msg = TrafficLog.open(run_dir).messages(direction="up")[0].id
+    book = JobBook(run_dir)
+    job = book.add("test", AttackTarget("update", 1, (msg,)), "inverting-gradients", {"iterations": 400}, {})
+    init_ray_local(num_cpus=2)
+    try:
+        worker_cls, _ = _ray_classes()
+        worker = worker_cls.options(num_cpus=0).remote()
+        first_pid = ray.get(worker.pid.remote())
+        ref = worker.run.remote(str(run_dir), job)
+        deadline = time.time() + 60
+        while time.time() < deadline and book.jobs()[0].state != "running":
+            time.sleep(0.2)
+        time.sleep(1.0)
+        ray.kill(worker, no_restart=False)
+        result = ray.get(ref, timeout=240)
+        assert result["state"] == "done"
+        assert ray.get(worker.pid.remote()) != first_pid
+    finally:
+        ray.shutdown()
+    final = book.jobs()[0]
+    assert final.state == "done" and final.attempts == 2
+    assert (Path(final.out_dir) / "metrics.json").is_file()
