@@ -69,7 +69,8 @@ def observe_aggregate(run_dir: str | Path, target: AttackTarget) -> Observation:
         # Each local step of the virtual client processes every client's step batch at once.
         local={"lr": config_items.get("lr", fed.lr), "local_steps": int(config_items.get("local-steps", 1)),
                "batch_size": int(config_items.get("batch-size", fed.batch_size)) * len(others)},
-        task=task,
+        image_shape=task.dataset.input_shape,
+        num_classes=task.dataset.num_classes,
         aggregate_of=tuple(others),
         target_round=target.round,
     )

@@ -116,8 +116,8 @@ def grant_inputs(obs: Observation, threat_model: ThreatModel, truth: GroundTruth
         model=obs.model,
         update=obs.update,
         update_kind=obs.update_kind,  # type: ignore[arg-type]
-        image_shape=obs.task.dataset.input_shape,
-        num_classes=obs.task.dataset.num_classes,
+        image_shape=obs.image_shape,
+        num_classes=obs.num_classes,
         labels=ev.trained_labels if ev is not None and threat_model.labels == "known" else None,
         bn_exact=_bn_exact(obs, ev) if ev is not None and threat_model.bn_stats == "exact" else None,
         data_range=obs.input_range,

@@ -18,7 +18,7 @@ from torch import nn
 
 from adversary.traffic_log import MessageInfo, TrafficLog, TrafficLogError
 from fl_sim.rundir import load_run_config
-from fl_sim.task import Task, load_task
+from fl_sim.task import load_task
 
 
 @dataclass
@@ -30,18 +30,14 @@ class Observation:
     update_kind: str
     num_examples: int | None
     local: dict[str, Any]
-    task: Task
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    encoder: str | None = None  # the deployment's batch encoder (public protocol knowledge)
     running_stats: dict[str, torch.Tensor] = field(default_factory=dict)
     # For aggregate targets: the nodes whose private batches the update averages
     # (used by the evaluator to score; the attack never reads the sidecar).
     aggregate_of: tuple[int, ...] = ()
     target_round: int | None = None
-
-    @property
-    def encoder(self) -> str | None:
-        """The batch encoder the deployment uses (public protocol knowledge), if any."""
-        names = [d.name for d in self.task.config.defenses]
-        return next((n for n in names if n in ("mixup", "instahide")), None)
 
     @property
     def input_range(self) -> tuple[float, float]:
@@ -91,6 +87,7 @@ def observe(run_dir: str | Path, reply_id: int) -> Observation:
         received = log.tensors(reply.id)
     task = load_task(load_run_config(run_dir))
     model = task.new_model()
+    names = [d.name for d in task.config.defenses]
     model.load_state_dict(_record(sent, "arrays"), strict=False)
     config = {k.rsplit("/", 1)[-1]: v for k, v in instruction.config.items()}
     metrics = {k.rsplit("/", 1)[-1]: v for k, v in reply.metrics.items()}
@@ -107,6 +104,8 @@ def observe(run_dir: str | Path, reply_id: int) -> Observation:
         update_kind=kind,
         num_examples=int(metrics["num-examples"]) if "num-examples" in metrics else None,
         local={"lr": config.get("lr"), "local_steps": int(config.get("local-steps", 1)), "batch_size": config.get("batch-size")},
-        task=task,
+        image_shape=task.dataset.input_shape,
+        num_classes=task.dataset.num_classes,
+        encoder=next((n for n in names if n in ("mixup", "instahide")), None),
         running_stats=_record(received, "buffers"),
     )

@@ -133,8 +133,8 @@ def test_intra_instahide_signs_are_fresh_and_abs_is_the_mix() -> None:
         signs = torch.from_numpy(keys["keys/signs"])
         assert signs.dtype == torch.int8 and signs.shape == out.shape
         assert set(signs.unique().tolist()) == {-1, 1}
-        mixed = mix(x[torch.from_numpy(keys["keys/partners"])], torch.from_numpy(keys["keys/coeffs"]))
-        torch.testing.assert_close(out.abs(), mixed, atol=1e-6, rtol=1e-6)
+        mixed = 2 * mix(x[torch.from_numpy(keys["keys/partners"])], torch.from_numpy(keys["keys/coeffs"])) - 1  # centred
+        torch.testing.assert_close(out.abs(), mixed.abs(), atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(out, signs.float() * mixed)
         flat = signs.view(len(signs), -1)
         assert len({tuple(r.tolist()) for r in flat}) == len(flat)  # different per image
@@ -166,7 +166,7 @@ def test_inter_instahide_draws_partners_from_the_public_set(tiny) -> None:
     partners, coeffs = keys["keys/partners"], torch.from_numpy(keys["keys/coeffs"])
     assert (partners[:, 0] == idx).all() and (partners[:, 1:] < len(public_x)).all()
     images = torch.cat([x[idx][:, None], public_x[torch.from_numpy(partners[:, 1:])]], dim=1)
-    torch.testing.assert_close(out.abs(), mix(images, coeffs), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out.abs(), (2 * mix(images, coeffs) - 1).abs(), atol=1e-6, rtol=1e-6)  # centred
     torch.testing.assert_close(labels, coeffs[:, :1] * yo)  # only the private label counts
 
 
@@ -296,7 +296,7 @@ def test_instahide_plus_gradprune_end_to_end(tiny, mode: str) -> None:
             assert (partners[:, 0] == step["indices"]).all()
             np.testing.assert_array_equal(step["images"], data.train_x[step["indices"]].numpy())
             np.testing.assert_array_equal(step["labels"], data.train_y[step["indices"]].numpy())
-            mixed = mix(data.train_x[torch.from_numpy(partners)], torch.from_numpy(coeffs)).numpy()
+            mixed = 2 * mix(data.train_x[torch.from_numpy(partners)], torch.from_numpy(coeffs)).numpy() - 1  # centred
             np.testing.assert_allclose(step["encoded"], signs * mixed, atol=1e-6)
             assert step["encoded_labels"].shape == (8, 10)
 

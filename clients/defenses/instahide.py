@@ -8,8 +8,12 @@
   the private label counts (paper footnote 2): ``y~ = lambda_1 * onehot(y)``.
 
 Then ``x~ = sigma o mix`` with ``sigma`` uniform in {-1, +1}^d, drawn afresh for
-every encoded image of every step. The model's own Normalize layer still applies
-to ``x~`` (which lies in [-1, 1]).
+every encoded image of every step. As in InstaHide's own code, pixels are first
+centred to [-1, 1] (``center=True``: the mix is of ``2x - 1``), so the signs hide
+information: ``|x~|`` no longer determines the mix. With ``center=False`` the
+mix of [0, 1] images is sign-flipped, and ``|x~|`` is exactly the MixUp encoding
+(a weaker variant, kept for comparison). The model's own Normalize layer still
+applies to ``x~`` (which lies in [-1, 1]).
 
 Keys (ground-truth sidecar only): ``keys/partners`` and ``keys/coeffs`` as in
 :mod:`clients.defenses.mixup` (for ``inter``, columns 1.. index the public set),
@@ -34,6 +38,7 @@ class InstaHideParams(MixParams):
     name: Literal["instahide"] = "instahide"
     variant: Literal["intra", "inter"] = "intra"
     public: str = Field("cifar100-sample", min_length=1, description="public dataset for variant='inter'")
+    center: bool = Field(True, description="mix pixels centred to [-1, 1], as InstaHide's code does")
 
 
 def random_signs(shape: tuple[int, ...], rng: torch.Generator) -> Tensor:
@@ -47,6 +52,7 @@ class InstaHide(MixUp):
         self.variant = params.variant
         self.public_name = params.public
         self.public_x: Tensor | None = None
+        self.center = params.center
         if self.variant == "inter":
             self.public_x = load_public_images(params.public, context)
 
@@ -64,6 +70,8 @@ class InstaHide(MixUp):
                 "keys/partners": np.concatenate([np.asarray(context.indices, np.int64)[:, None], partners], axis=1),
                 "keys/coeffs": coeffs.numpy(),
             }
+        if self.center:  # coefficients sum to 1, so mixing 2x - 1 is 2 * mix - 1
+            mixed = 2 * mixed - 1
         signs = random_signs(tuple(mixed.shape), rng)
         keys["keys/signs"] = signs.numpy()
         return signs.to(mixed.dtype) * mixed, labels, keys
