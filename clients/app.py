@@ -66,21 +66,35 @@ class ClientRuntime:
         if os.environ.get("FL_SIM_WORKER_THREADS"):
             torch.set_num_threads(int(os.environ["FL_SIM_WORKER_THREADS"]))
 
-    def _fresh_model(self, message: Message, context: Context) -> nn.Module:
+    def _fresh_model(self, received: dict[str, torch.Tensor], context: Context) -> nn.Module:
         """Initial weights, overlaid by this client's private state, then the global tensors."""
         state = dict(self.initial)
         if LOCAL_STATE in context.state:
             state.update(context.state[LOCAL_STATE].to_torch_state_dict())
-        state.update(message.content["arrays"].to_torch_state_dict())
+        state.update(received)
         self.model.load_state_dict(state)
         return self.model
 
     def train(self, message: Message, context: Context) -> Message:
+        content = self.train_content(
+            message.content["arrays"].to_torch_state_dict(),
+            int(message.content["config"]["server-round"]),
+            context,
+            instruction_id=message.metadata.message_id,
+        )
+        return Message(content=content, reply_to=message)
+
+    def train_content(
+        self, received: dict[str, torch.Tensor], rnd: int, context: Context, *, instruction_id: str
+    ) -> RecordDict:
+        """One round of local training from the global tensors ``received``: the reply's content.
+
+        Shared by the Message-API ClientApp and the SecAgg+ (legacy NumPyClient) one;
+        ``instruction_id`` keys the ground-truth sidecar entry."""
         cfg = self.config.federation
-        rnd = int(message.content["config"]["server-round"])
         partition = int(context.node_config["partition-id"])
         data = self.task.dataset
-        model = self._fresh_model(message, context)
+        model = self._fresh_model(received, context)
         local_keys = self.task.local_keys(model)
         steps = 1 if cfg.protocol == "fedsgd" else cfg.local_steps
         batches = [
@@ -108,7 +122,6 @@ class ClientRuntime:
             if buffers:
                 content["buffers"] = _to_record(buffers)
         else:
-            received = message.content["arrays"].to_torch_state_dict()
             result = fedavg_steps(model, [b for b, _ in encoded], lr=cfg.lr, grad_fn=grad_fn)
             sd = model.state_dict()
             shared = {k: sd[k] for k in self.task.shared_keys(model)}
@@ -143,8 +156,8 @@ class ClientRuntime:
             ]
         content["metrics"] = MetricRecord(metrics)
         _keep_local(self.task, model, context)
-        self._record_ground_truth(message, context, partition, rnd, result)
-        return Message(content=content, reply_to=message)
+        self._record_ground_truth(instruction_id, context, partition, rnd, result)
+        return content
 
     def _encode(self, defenses: RoundDefenses, x: torch.Tensor, y: torch.Tensor, idx: np.ndarray, partition: int):
         """((model input, target, indices), ground truth or None) for one batch.
@@ -168,18 +181,23 @@ class ClientRuntime:
         return (x_enc, y_enc, idx), (x, y, extra)
 
     def evaluate(self, message: Message, context: Context) -> Message:
-        model = self._fresh_model(message, context)
-        x, y = self.task.test_split
-        loss, acc = evaluate(model, x, y, self.config.eval.batch_size)
-        metrics = MetricRecord({"eval-loss": loss, "eval-acc": acc, "num-examples": len(y)})
+        loss, acc, n = self.evaluate_state(message.content["arrays"].to_torch_state_dict(), context)
+        metrics = MetricRecord({"eval-loss": loss, "eval-acc": acc, "num-examples": n})
         return Message(content=RecordDict({"metrics": metrics}), reply_to=message)
 
-    def _record_ground_truth(self, message: Message, context: Context, partition: int, rnd: int, result: LocalResult) -> None:
+    def evaluate_state(self, received: dict[str, torch.Tensor], context: Context) -> tuple[float, float, int]:
+        """Test loss, accuracy and size with the global tensors and this client's own local (BN) state."""
+        model = self._fresh_model(received, context)
+        x, y = self.task.test_split
+        loss, acc = evaluate(model, x, y, self.config.eval.batch_size)
+        return loss, acc, len(y)
+
+    def _record_ground_truth(self, instruction_id: str, context: Context, partition: int, rnd: int, result: LocalResult) -> None:
         if self.run_dir is None or not self.config.tap.ground_truth:
             return
         record_private_batch(
             self.run_dir,
-            instruction_id=message.metadata.message_id,
+            instruction_id=instruction_id,
             node_id=context.node_id,
             partition_id=partition,
             round=rnd,
@@ -204,7 +222,13 @@ def _runtime(config: RunConfig, run_dir: Path | None) -> ClientRuntime:
 
 
 def make_client_app(config: RunConfig, run_dir: str | Path | None) -> ClientApp:
-    """A ClientApp bound to a run; picklable, so Ray actors can rebuild it."""
+    """A ClientApp bound to a run; picklable, so Ray actors can rebuild it.
+
+    With ``federation.secagg`` it is the legacy SecAgg+ app of :mod:`clients.secagg`."""
+    if config.federation.secagg:
+        from clients.secagg import make_secagg_client_app
+
+        return make_secagg_client_app(config, run_dir)
     run_path = Path(run_dir).resolve() if run_dir is not None else None
     app = ClientApp()
 

@@ -46,7 +46,7 @@ def make_server_app(
             if config.federation.secagg:
                 from server.secagg import run_secagg  # Flower's legacy SecAgg+ workflow
 
-                result = run_secagg(config, run_path, grid, context)
+                result = run_secagg(config, run_path, grid, context, console=Console(stderr=True, quiet=quiet))
             else:
                 result = FederatedLoop(config, run_path, console=Console(stderr=True, quiet=quiet)).run(grid)
         finally:

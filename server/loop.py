@@ -113,9 +113,31 @@ class FederatedLoop:
             loss = sum(float(r.content["metrics"]["eval-loss"]) * r.num_examples for r in replies) / total
             acc = sum(float(r.content["metrics"]["eval-acc"]) * r.num_examples for r in replies) / total
             return loss, acc
+        return self.evaluate_global()
+
+    def evaluate_global(self) -> tuple[float, float]:
+        """Server-side test loss and accuracy of the global model."""
         self.model.load_state_dict(self.state, strict=False)
         x, y = self.task.test_split
         return evaluate(self.model, x, y, self.config.eval.batch_size)
+
+    def record_round(self, stats: RoundStats, result: TrainingResult) -> None:
+        """Append a round's statistics to the result and metrics.jsonl, and print them."""
+        result.rounds.append(stats)
+        if self.run_dir is not None:
+            with (self.run_dir / METRICS_JSONL).open("a") as fh:
+                fh.write(json.dumps(stats.as_dict()) + "\n")
+        self.console.print(
+            f"round {stats.round:>3}/{self.config.federation.rounds}  accuracy {stats.eval_acc:6.2%}"
+            f"  test loss {stats.eval_loss:.4f}  train loss {stats.train_loss:.4f}  {stats.wall_s:5.2f} s"
+        )
+
+    def finish(self, result: TrainingResult) -> TrainingResult:
+        """Keep the final global state in the result and write it to final_model.safetensors."""
+        result.final_state = {k: v.clone() for k, v in self.state.items()}
+        if self.run_dir is not None:
+            save_file({k: v.contiguous() for k, v in result.final_state.items()}, str(self.run_dir / FINAL_WEIGHTS))
+        return result
 
     def run(self, grid: Grid) -> TrainingResult:
         fed = self.config.federation
@@ -123,7 +145,6 @@ class FederatedLoop:
         if len(nodes) < fed.num_clients:
             raise RuntimeError(f"only {len(nodes)} of {fed.num_clients} client nodes registered")
         result = TrainingResult()
-        metrics_path = self.run_dir / METRICS_JSONL if self.run_dir else None
         with Progress(
             TextColumn("[bold]round {task.completed}/{task.total}"),
             BarColumn(),
@@ -154,16 +175,6 @@ class FederatedLoop:
                     client_compute_s=sum(float(r.content["metrics"]["compute-s"]) for r in replies),
                     eval_s=eval_s,
                 )
-                result.rounds.append(stats)
-                if metrics_path is not None:
-                    with metrics_path.open("a") as fh:
-                        fh.write(json.dumps(stats.as_dict()) + "\n")
-                self.console.print(
-                    f"round {rnd:>3}/{fed.rounds}  accuracy {eval_acc:6.2%}  test loss {eval_loss:.4f}"
-                    f"  train loss {stats.train_loss:.4f}  {stats.wall_s:5.2f} s"
-                )
+                self.record_round(stats, result)
                 progress.update(bar, advance=1, description=f"acc {eval_acc:.2%}")
-        result.final_state = {k: v.clone() for k, v in self.state.items()}
-        if self.run_dir is not None:
-            save_file({k: v.contiguous() for k, v in result.final_state.items()}, str(self.run_dir / FINAL_WEIGHTS))
-        return result
+        return self.finish(result)

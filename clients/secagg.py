@@ -1,0 +1,107 @@
+"""The SecAgg+ ClientApp: our local training behind Flower's ``secaggplus_mod``.
+
+Flower's SecAgg+ exists only in its legacy API, so this ClientApp is built from a
+``client_fn`` returning a ``NumPyClient``; the training itself is
+:meth:`clients.app.ClientRuntime.train_content`, the same code (batches, defenses,
+FedBN state in ``context.state``, ground-truth sidecar) as the Message-API app.
+
+Wire format (legacy): the global tensors arrive as a list in the order of the
+model's shared state keys (``Task.shared_keys``) and the update goes back in the
+same order; under FedSGD each entry is the gradient of a parameter or, for a
+buffer shared without FedBN, its value. ``secaggplus_mod`` quantizes that list,
+masks it and uploads only the masked integer vectors; the plain update never
+leaves the client.
+
+Mods, outermost first: :func:`instruction_id_mod` notes the id of the incoming
+instruction in ``context.state`` (the NumPyClient never sees the Message) so the
+ground-truth sidecar is keyed, as elsewhere, by the instruction the client
+answered: under SecAgg+ that is the ``collect_masked_vectors`` instruction, the
+one that carries the global model and whose reply carries the masked vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message
+from flwr.client import Client, NumPyClient
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+
+from clients.app import _runtime
+from fl_sim.config import RunConfig
+
+log = logging.getLogger("fl_sim.secagg")
+
+INSTRUCTION_STATE = "fl-sim-instruction"
+INSTRUCTION_KEY = "message-id"
+
+
+def instruction_id_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Note the incoming instruction's id for the NumPyClient (placed before ``secaggplus_mod``)."""
+    context.state[INSTRUCTION_STATE] = ConfigRecord({INSTRUCTION_KEY: msg.metadata.message_id})
+    return call_next(msg, context)
+
+
+def _scalar(value: object) -> int | float | str | bool:
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return float(value)  # type: ignore[arg-type]
+
+
+class SecAggClient(NumPyClient):
+    """Legacy view of :class:`clients.app.ClientRuntime` for one node."""
+
+    def __init__(self, config: RunConfig, run_dir: Path | None, context: Context) -> None:
+        self.runtime = _runtime(config, run_dir)
+        self.clipping_range = float(config.secagg.clipping_range)
+        self.max_weight = config.secagg_max_weight
+        self.node_context = context
+        self.keys = self.runtime.task.shared_keys(self.runtime.model)
+
+    def _received(self, parameters: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        if len(parameters) != len(self.keys):
+            raise ValueError(f"expected {len(self.keys)} global tensors, got {len(parameters)}")
+        return {k: torch.from_numpy(np.array(a, copy=True)) for k, a in zip(self.keys, parameters)}
+
+    def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
+        state = self.node_context.state
+        instruction = str(state[INSTRUCTION_STATE][INSTRUCTION_KEY]) if INSTRUCTION_STATE in state else ""
+        content = self.runtime.train_content(
+            self._received(parameters), int(config["server-round"]), self.node_context, instruction_id=instruction
+        )
+        update = content["arrays"].to_torch_state_dict()
+        if "buffers" in content:
+            update.update(content["buffers"].to_torch_state_dict())
+        if set(update) != set(self.keys):
+            raise RuntimeError(f"update keys differ from the shared keys: {sorted(set(update) ^ set(self.keys))}")
+        metrics = {k: _scalar(v) for k, v in content["metrics"].items()}
+        num_examples = int(metrics["num-examples"])
+        arrays = [update[k].detach().cpu().numpy() for k in self.keys]
+        # secaggplus_mod clips (num_examples / max_weight) * value to +-clipping_range, silently.
+        largest = max((float(np.abs(a).max()) for a in arrays if a.size), default=0.0) * num_examples / self.max_weight
+        if largest > self.clipping_range:
+            log.warning(
+                "SecAgg+: round %s update values reach %.4g (weighted), beyond secagg.clipping_range=%g; "
+                "they are clipped and the aggregate is biased",
+                config.get("server-round"), largest, self.clipping_range,
+            )
+        return arrays, num_examples, metrics
+
+    def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
+        loss, acc, n = self.runtime.evaluate_state(self._received(parameters), self.node_context)
+        return float(loss), n, {"eval-loss": float(loss), "eval-acc": float(acc)}
+
+
+def make_secagg_client_app(config: RunConfig, run_dir: str | Path | None) -> ClientApp:
+    """A legacy ClientApp (client_fn + NumPyClient) wrapped in Flower's ``secaggplus_mod``."""
+    run_path = Path(run_dir).resolve() if run_dir is not None else None
+
+    def client_fn(context: Context) -> Client:
+        return SecAggClient(config, run_path, context).to_client()
+
+    return ClientApp(client_fn=client_fn, mods=[instruction_id_mod, secaggplus_mod])
