@@ -7,6 +7,7 @@ grants; the ground-truth sidecar is read again only afterwards, to score.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,13 +19,14 @@ from safetensors.torch import save_file
 
 from adversary.attacks import ThreatModel, build_attack, label_accuracy, preset_config
 from adversary.ground_truth import GroundTruth
-from adversary.grants import grant_inputs, private_batch, threat_model_for
+from adversary.grants import GrantError, grant_inputs, private_batch, threat_model_for
 from adversary.metrics import evaluate_reconstruction
 from adversary.observation import Observation, observe
 from adversary.roles.base import AttackTarget
 from adversary.report import ATTACK_JSON, GRID_PNG, METRICS_JSON, save_grid, save_loss_curve, write_json
 
 ATTACKS_DIR = "attacks"
+SIMULATION_JSON = "simulation.json"  # audits: which simulated node holds which partition
 Progress = Callable[[int, float], None]
 
 
@@ -60,6 +62,23 @@ def score(obs: Observation, images: torch.Tensor, labels: torch.Tensor, truth: G
     return metrics
 
 
+def _score_foreign(run_dir: Path, obs: Observation, images: torch.Tensor, foreign: dict[str, Any]) -> dict[str, Any]:
+    """No ground truth: report the hyperparameter sources and, with the user's grant of the
+    client's data, each reconstruction's LPIPS to its nearest image there."""
+    from adversary.foreign import load_factory, nearest_lpips
+
+    out: dict[str, Any] = {"hyperparameters": obs.local.get("sources", {})}
+    ref = foreign.get("client_data")
+    if ref:
+        sim = json.loads((run_dir / SIMULATION_JSON).read_text())
+        partition = sim["partition_of_node"][str(obs.client)]
+        data = load_factory(ref, None)(partition, sim["num_partitions"])
+        lp = nearest_lpips(images, data)
+        out.update({"nearest_lpips": lp, "nearest_lpips_avg": sum(lp) / len(lp), "nearest_lpips_best": min(lp),
+                    "client_partition": partition})
+    return out
+
+
 def run_attack_on_message(
     run_dir: str | Path,
     msg_id: int,
@@ -73,7 +92,18 @@ def run_attack_on_message(
                       threat=threat, progress=progress)
 
 
-def observe_target(run_dir: Path, target: AttackTarget) -> Observation:
+def observe_target(run_dir: Path, target: AttackTarget, foreign: dict[str, Any] | None = None) -> Observation:
+    from adversary.foreign import audit_settings, observe_foreign
+
+    audit = audit_settings(run_dir)
+    if audit is not None:
+        opts = {**(audit.get("model") or {}), **(foreign or {})}
+        if not opts.get("factory") or not opts.get("input_shape"):
+            raise GrantError("--model/--input-shape: an audited app's model must be named (module:factory) with its input shape C,H,W")
+        if target.kind != "update":
+            raise GrantError("aggregate attacks on audited apps are not supported")
+        return observe_foreign(run_dir, target.messages[0], model_ref=opts["factory"], input_shape=tuple(opts["input_shape"]),
+                               update_kind=opts.get("update_kind", "weights"))
     if target.kind == "aggregate":
         from adversary.aggregate import observe_aggregate
 
@@ -89,12 +119,19 @@ def run_attack(
     attack_overrides: dict[str, Any] | None = None,
     threat: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    foreign: dict[str, Any] | None = None,
 ) -> AttackOutcome:
-    """Attack one target (a client update or an aggregate) and write its outputs."""
+    """Attack one target (a client update or an aggregate) and write its outputs.
+
+    ``foreign`` (audited apps): ``factory``, ``input_shape``, ``update_kind`` and
+    optionally ``client_data`` (``module:fn`` returning a partition's images).
+    """
     run_dir = Path(run_dir)
-    obs = observe_target(run_dir, target)
+    obs = observe_target(run_dir, target, foreign)
     msg_id = obs.reply.id
     threat_model: ThreatModel = threat_model_for(obs, threat)
+    if threat_model.num_images is None:
+        raise GrantError("threat.num_images: the traffic does not reveal the batch size; grant it (--set threat.num_images=N)")
     truth = _open_truth(run_dir)
     inputs = grant_inputs(obs, threat_model, truth)
     resolved = preset_config(preset, attack_overrides)
@@ -103,6 +140,8 @@ def run_attack(
     result = attack.run(inputs, threat_model, callback=progress)
 
     metrics = score(obs, result.images, result.labels, truth)
+    if obs.foreign:
+        metrics.update(_score_foreign(run_dir, obs, result.images, foreign or {}))
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     label = f"m{msg_id}" if target.kind == "update" else f"agg{len(obs.aggregate_of)}"
     out_dir = run_dir / ATTACKS_DIR / f"r{obs.round}-{label}-{preset}-{stamp}-{secrets.token_hex(2)}"

@@ -27,11 +27,12 @@ THREAT_KEYS = tuple(f.name for f in fields(ThreatModel))
 
 
 def default_threat_model(obs: Observation) -> dict[str, Any]:
-    """The paper's strongest attacker, with what the traffic reveals."""
+    """The paper's strongest attacker, with what the traffic reveals (for an audited
+    app, with no ground truth to grant from: labels and BN statistics unknown)."""
     has_bn = bool(bn_layers(obs.model))
     return {
-        "labels": "known",
-        "bn_stats": "exact" if has_bn else "none",
+        "labels": "unknown" if obs.foreign else "known",
+        "bn_stats": "exact" if has_bn and not obs.foreign else "none",
         "num_images": obs.num_examples,
         "local_steps": obs.local["local_steps"] if obs.update_kind != "gradient" else 1,
         "local_lr": obs.local["lr"],

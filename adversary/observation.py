@@ -38,6 +38,7 @@ class Observation:
     # (used by the evaluator to score; the attack never reads the sidecar).
     aggregate_of: tuple[int, ...] = ()
     target_round: int | None = None
+    foreign: bool = False  # an audited app: no ground truth, hyperparameters granted or assumed
 
     @property
     def input_range(self) -> tuple[float, float]:

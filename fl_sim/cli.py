@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from fl_sim.config import ConfigError, load_config
+from fl_sim.config import AdversaryConfig, ConfigError, load_config
 
 EXIT_USAGE = 2
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.toml"
@@ -107,12 +107,37 @@ def _cmd_traffic_export(args: argparse.Namespace, console: Console) -> None:
     console.print(f"wrote {out}")
 
 
+def _model_option(args: argparse.Namespace) -> dict:
+    """--model module:factory with --input-shape C,H,W, and the other audited-app options."""
+    out: dict = {}
+    if getattr(args, "model", None):
+        try:
+            shape = [int(v) for v in (args.input_shape or "").split(",")]
+        except ValueError:
+            shape = []
+        if len(shape) != 3 or min(shape) < 1:
+            raise UserError(f"--input-shape: expected C,H,W such as 1,28,28, got {args.input_shape!r}")
+        out.update(factory=args.model, input_shape=shape)
+    if getattr(args, "update_kind", None):
+        out["update_kind"] = args.update_kind
+    if getattr(args, "client_data", None):
+        out["client_data"] = args.client_data
+    return out
+
+
 def _cmd_audit(args: argparse.Namespace, console: Console) -> None:
     from fl_sim.audit import AuditError, load_app_spec, run_audit
     from fl_sim.audit.run_config import parse_run_config
 
     try:
         spec = load_app_spec(args.app, args.clientapp)
+        model = _model_option(args)
+        adversary = None
+        if args.role:
+            attack, threat = _attack_overrides(args.set or [])
+            adversary = AdversaryConfig(role=args.role, preset=args.preset, attack=attack, threat=threat)
+            if not model:
+                raise UserError("--model: a role needs the app's model (module:factory) and --input-shape to attack")
         outcome = run_audit(
             spec,
             overrides=parse_run_config(args.run_config),
@@ -121,6 +146,8 @@ def _cmd_audit(args: argparse.Namespace, console: Console) -> None:
             seed=args.seed,
             out_dir=args.out or "runs",
             command=sys.argv,
+            model=model,
+            adversary=adversary,
         )
     except AuditError as exc:
         raise UserError(str(exc)) from None
@@ -178,7 +205,9 @@ def _resume_attacks(args: argparse.Namespace, console: Console) -> None:
 def _cmd_attack(args: argparse.Namespace, console: Console) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from adversary.attack_job import run_attack_on_message
+    from adversary.attack_job import run_attack
+    from adversary.foreign import ForeignModelError
+    from adversary.roles import AttackTarget
     from adversary.attacks import ConfigError as AttackConfigError
     from adversary.attacks import ThreatModelError
     from adversary.grants import GrantError
@@ -198,12 +227,15 @@ def _cmd_attack(args: argparse.Namespace, console: Console) -> None:
                 progress.update(bar, completed=iteration + 1, description=f"{loss:.4g}")
 
             try:
-                outcome = run_attack_on_message(args.run_dir, msg_id, args.preset, attack_overrides=attack_overrides,
-                                                threat=threat, progress=update)
-            except (AttackConfigError, ThreatModelError, GrantError, TrafficLogError, KeyError) as exc:
+                outcome = run_attack(args.run_dir, AttackTarget("update", None, (msg_id,)), args.preset,
+                                     attack_overrides=attack_overrides, threat=threat, progress=update,
+                                     foreign=_model_option(args) or None)
+            except (AttackConfigError, ThreatModelError, GrantError, TrafficLogError, ForeignModelError, KeyError) as exc:
                 raise UserError(str(exc).strip("'\"")) from None
         m = outcome.metrics
         line = f"msg {msg_id} (round {m['round']}): objective {m['objective']:.4g}"
+        if "nearest_lpips_avg" in m:
+            line += f"  nearest-image LPIPS avg {m['nearest_lpips_avg']:.3f} best {m['nearest_lpips_best']:.3f}"
         if "lpips_avg" in m:
             line += (f"  LPIPS avg {m['lpips_avg']:.3f} best {m['lpips_best']:.3f}  PSNR avg {m['psnr_avg']:.2f} dB"
                      f"  labels {m['label_accuracy']:.0%}")
@@ -271,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--engine", default="ray", help="ray (default) or inline")
     audit.add_argument("--seed", type=int, default=0, help="seeds the simulated node ids")
     audit.add_argument("--out", help="parent folder of the run directory (default: runs)")
+    audit.add_argument("--model", help="the app's model factory, module:factory (needed to attack)")
+    audit.add_argument("--input-shape", help="the model's input C,H,W, e.g. 1,28,28")
+    audit.add_argument("--role", help="attack while the app runs: eavesdropper, curious-server, malicious-client")
+    audit.add_argument("--preset", default="inverting-gradients", help="attack preset for --role")
+    audit.add_argument("--set", action="append", metavar="KEY=VALUE", help="attack.<key> / threat.<key> for --role")
     audit.set_defaults(func=_cmd_audit)
 
     attack = sub.add_parser("attack", help="run a gradient inversion attack on intercepted updates")
@@ -282,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--client", type=int, help="client node id (see fl-sim traffic list)")
     attack.add_argument("--all", action="store_true", help="every captured client update of --round")
     attack.add_argument("--resume", action="store_true", help="run the attacks the run's adversary left pending")
+    attack.add_argument("--model", help="audited apps: the model factory, module:factory")
+    attack.add_argument("--input-shape", help="audited apps: the model's input C,H,W")
+    attack.add_argument("--update-kind", choices=("weights", "delta", "gradient"), help="audited apps: what clients send")
+    attack.add_argument("--client-data", help="audited apps: module:fn(partition, num_partitions) -> images, to score")
     attack.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="attack.<key> (e.g. attack.iterations=500, attack.regularizers.tv.weight=0.1) or "
                              "threat.<key> (labels=known|infer|unknown, bn_stats=exact|proxy|infer|none)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +105,56 @@ def test_run_config_syntax() -> None:
         "num-server-rounds": 3, "lr": 0.1, "name": "x y", "flag": True,
     }
     assert merge_run_config({"lr": 0.5}, {"lr": 1}) == {"lr": 1.0}
+
+
+SMALL = "num-server-rounds=1 batch-size=4 max-steps=1"
+MSG_MODEL = ["--model", "quickstart_message_api.task:Net", "--input-shape", "1,28,28"]
+GRANTS = ["--set", "threat.num_images=4", "--set", "threat.local_batch_size=4", "--set", "attack.labels=yin"]
+
+
+def _audit(tmp_path: Path, app: str, *extra: str) -> Path:
+    out = tmp_path / "runs"
+    assert main(["audit", str(EXAMPLES / app), "--engine", "inline", "--run-config", SMALL, "--out", str(out), *extra]) == 0
+    return next(out.iterdir())
+
+
+def test_attack_on_audited_app_maps_tensors_and_scores_against_granted_client_data(tmp_path: Path) -> None:
+    run_dir = _audit(tmp_path, "quickstart-message-api", *MSG_MODEL)
+    msg = TrafficLog.open(run_dir).messages(direction="up", message_type="train")[0].id
+    code = main(["attack", str(run_dir), "--msg", str(msg), "--set", "attack.iterations=60", *GRANTS,
+                 "--client-data", "quickstart_message_api.task:partition_images"])
+    assert code == 0
+    out = next((run_dir / "attacks").iterdir())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["hyperparameters"]["lr"] == "traffic" and metrics["hyperparameters"]["local_steps"] == "assumed 1"
+    assert len(metrics["nearest_lpips"]) == 4 and 0 <= metrics["nearest_lpips_best"] <= metrics["nearest_lpips_avg"]
+    curve = [float(line.split(",")[1]) for line in (out / "loss.csv").read_text().splitlines()[1:]]
+    assert curve[-1] < 0.8 * curve[0]
+    assert "lpips_avg" not in metrics  # no ground truth for a foreign app
+
+
+def test_legacy_parameters_map_onto_the_model_by_order(tmp_path: Path) -> None:
+    from adversary.foreign import observe_foreign
+
+    run_dir = _audit(tmp_path, "quickstart-legacy")
+    msg = TrafficLog.open(run_dir).messages(direction="up", message_type="train")[0]
+    assert all(t.name.split("/")[-1].isdigit() for t in msg.tensors)
+    obs = observe_foreign(run_dir, msg.id, model_ref="quickstart_legacy.task:Net", input_shape=(1, 28, 28))
+    assert list(obs.update) == list(obs.model.state_dict()) and obs.num_classes == 10
+
+
+def test_mismatched_model_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = _audit(tmp_path, "quickstart-legacy")
+    capsys.readouterr()
+    code = main(["attack", str(run_dir), "--round", "1", "--all", *MSG_MODEL, *GRANTS])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: --model:") and len(err.splitlines()) == 1
+
+
+def test_audit_with_a_role_attacks_while_the_app_runs(tmp_path: Path) -> None:
+    from adversary.jobs import JobBook
+
+    run_dir = _audit(tmp_path, "quickstart-message-api", *MSG_MODEL, "--role", "curious-server",
+                     "--set", "attack.iterations=5", *GRANTS)
+    jobs = JobBook(run_dir).jobs()
+    assert len(jobs) == 2 and {j.state for j in jobs} == {"done"}

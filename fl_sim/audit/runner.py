@@ -20,7 +20,10 @@ from fl_sim.audit.app_ref import AuditError, FlowerAppSpec, import_component
 from fl_sim.audit.run_config import merge_run_config
 from fl_sim.audit.wrappers import ConfiguredClientApp, tapped_server_app
 from fl_sim.config import EngineConfig
-from fl_sim.rundir import make_run_dir
+from adversary.attack_job import SIMULATION_JSON
+from fl_sim.config import AdversaryConfig
+from fl_sim.engine.node_ids import node_ids_for
+from fl_sim.rundir import make_run_dir, write_json_atomic
 
 APP_WORKDIR = "app_workdir"
 ENGINES = ("ray", "inline")
@@ -53,9 +56,11 @@ def execute_app(
     seed: int,
     workdir: Path,
     tap: Callable[[Grid], Grid] | None = None,
+    before_exit: Callable[[], Any] | None = None,
 ) -> None:
-    """Run the user's apps as they are, in ``workdir``; ``tap`` wraps the server's Grid."""
-    server_app = tapped_server_app(user_server, run_config, tap or (lambda grid: grid))
+    """Run the user's apps as they are, in ``workdir``; ``tap`` wraps the server's Grid;
+    ``before_exit`` runs after the app's main, while Ray is still up."""
+    server_app = tapped_server_app(user_server, run_config, tap or (lambda grid: grid), before_exit)
     client_app = ConfiguredClientApp(user_client, run_config)
     with _working_directory(workdir):
         if engine == "ray":
@@ -78,6 +83,8 @@ def run_audit(
     out_dir: str | Path = "runs",
     name: str = "audit",
     command: list[str] | None = None,
+    model: dict[str, Any] | None = None,
+    adversary: AdversaryConfig | None = None,
 ) -> AuditOutcome:
     """Everything is validated before the run directory is made; a run that
     captures nothing is removed again and reported as an error."""
@@ -97,19 +104,35 @@ def run_audit(
         "num_supernodes": nodes,
         "engine": engine,
         "seed": seed,
-        "role": "curious-server",
+        "tap": "curious-server (the Grid the app's ServerApp uses)",
+        "model": model or {},
+        "adversary": adversary.model_dump() if adversary is not None else None,
     }
     run_dir = make_run_dir(out_dir, name, resolved, seed=seed, command=command).resolve()
     workdir = run_dir / APP_WORKDIR
     workdir.mkdir()
+    node_ids = node_ids_for(seed, nodes)  # both engines draw node ids from the seed
+    write_json_atomic(run_dir / SIMULATION_JSON, {"partition_of_node": {str(n): p for p, n in enumerate(node_ids)},
+                                                  "num_partitions": nodes})
     writer = TrafficWriter(run_dir)
+    attackers: list[Any] = []
+
+    def tap(grid: Grid) -> Grid:
+        # Started here, inside the app's main: under Ray the runtime is up by now.
+        if adversary is not None and adversary.active:
+            from adversary.service import role_context, start_adversary
+
+            attackers.append(start_adversary(run_dir, adversary, role_context(False, dict(enumerate(node_ids))), engine))
+        return TappedGrid(grid, writer, observe=attackers[0].on_intercept if attackers else None)
+
+    def finish() -> None:
+        for attacker in attackers:
+            attacker.finish(adversary.wait if adversary else True)
 
     start = time.perf_counter()
     try:
-        execute_app(
-            user_server, user_client, run_config, nodes=nodes, engine=engine, seed=seed, workdir=workdir,
-            tap=lambda grid: TappedGrid(grid, writer),
-        )
+        execute_app(user_server, user_client, run_config, nodes=nodes, engine=engine, seed=seed, workdir=workdir,
+                    tap=tap, before_exit=finish)
     finally:
         writer.close()
     wall = time.perf_counter() - start

@@ -16,14 +16,19 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 
-def tapped_server_app(user_app: ServerApp, run_config: dict[str, Any], tap: Callable[[Grid], Grid]) -> ServerApp:
+def tapped_server_app(user_app: ServerApp, run_config: dict[str, Any], tap: Callable[[Grid], Grid],
+                      before_exit: Callable[[], Any] | None = None) -> ServerApp:
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         context.run_config.clear()
         context.run_config.update(run_config)
-        user_app(tap(grid), context)
+        try:
+            user_app(tap(grid), context)
+        finally:
+            if before_exit is not None:  # e.g. wait for the adversary's attacks while Ray is up
+                before_exit()
 
     return app
 

@@ -77,3 +77,8 @@ def test(net, testloader, device):
             loss += criterion(outputs, labels.to(device)).item()
             correct += (torch.max(outputs.data, 1)[1] == labels.to(device)).sum().item()
     return loss / len(testloader), correct / len(testloader.dataset)
+
+
+def partition_images(partition_id: int, num_partitions: int) -> torch.Tensor:
+    """A client's training images, for `fl-sim attack --client-data` (scoring an audit)."""
+    return load_data(partition_id, num_partitions, batch_size=1)[0].dataset.tensors[0]
