@@ -26,16 +26,31 @@ from fl_sim.rundir import load_run_config
 from fl_sim.task import load_task
 
 
+def model_tensors(tensors: dict[str, torch.Tensor], shared_keys: list[str]) -> dict[str, torch.Tensor]:
+    """The global model in a message: ``arrays/<name>``, or SecAgg+'s legacy positional
+    ``fitins.parameters/<i>`` (in the order of the shared keys)."""
+    named = _record(tensors, "arrays")
+    if named:
+        return named
+    positional = _record(tensors, "fitins.parameters")
+    if len(positional) != len(shared_keys):
+        raise TrafficLogError(f"expected {len(shared_keys)} model tensors, found {len(positional)}")
+    return {key: positional[str(i)] for i, key in enumerate(shared_keys)}
+
+
 def observe_aggregate(run_dir: str | Path, target: AttackTarget) -> Observation:
     if target.kind != "aggregate" or len(target.messages) not in (2, 3):
         raise ValueError("observe_aggregate needs an aggregate target: (before, after[, own reply])")
     config = load_run_config(run_dir)
     fed = config.federation
+    task = load_task(config)
+    model = task.new_model()
+    keys = task.shared_keys(model)
     with TrafficLog.open(run_dir) as log:
         before, after = log.message(target.messages[0]), log.message(target.messages[1])
-        w0 = _record(log.tensors(before.id), "arrays")
-        w1 = _record(log.tensors(after.id), "arrays")
-        own = _record(log.tensors(target.messages[2]), "arrays") if len(target.messages) == 3 else None
+        w0 = model_tensors(log.tensors(before.id), keys)
+        w1 = model_tensors(log.tensors(after.id), keys)
+        own = model_tensors(log.tensors(target.messages[2]), keys) if len(target.messages) == 3 else None
         participants = sorted({m.dst_node for m in log.messages(round=target.round, direction="down", message_type="train")})
     if not participants:
         raise TrafficLogError(f"round {target.round}: no training instructions captured")
@@ -54,8 +69,6 @@ def observe_aggregate(run_dir: str | Path, target: AttackTarget) -> Observation:
         kind = "weights"
     if own is not None:
         mean = {k: (n * v - own[k]) / (n - 1) for k, v in mean.items() if k in own}
-    task = load_task(config)
-    model = task.new_model()
     model.load_state_dict(w0, strict=False)
     per_client = fed.batch_size * (1 if fed.protocol == "fedsgd" else fed.local_steps)
     config_items = {k.rsplit("/", 1)[-1]: v for k, v in before.config.items()}

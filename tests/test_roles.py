@@ -189,3 +189,20 @@ def test_crashed_ray_worker_is_restarted_and_its_attack_retried(plain_run: Path,
     final = book.jobs()[0]
     assert final.state == "done" and final.attempts == 2
     assert (Path(final.out_dir) / "metrics.json").is_file()
+
+
+def test_curious_server_under_secure_aggregation_attacks_the_aggregate(tiny) -> None:
+    cfg = tiny("federation.secagg=true", "federation.upload=delta", "secagg.clipping_range=0.5", "federation.rounds=3",
+               "federation.local_steps=1", "federation.batch_size=2", "adversary.role=curious-server",
+               "adversary.attack.iterations=5", "adversary.threat.bn_stats=none")
+    out = run_simulation(cfg)
+    jobs = JobBook(out.run_dir).jobs()
+    assert [j.target.kind for j in jobs] == ["aggregate", "aggregate"], [(j.state, j.error) for j in jobs]
+    assert {j.state for j in jobs} == {"done"}, [j.error for j in jobs]
+    metrics = json.loads((Path(jobs[0].out_dir) / "metrics.json").read_text())
+    assert metrics["num_images"] == 6 and len(metrics["target"]["aggregate_of"]) == 3
+
+
+def test_malicious_client_refuses_secure_aggregation() -> None:
+    with pytest.raises(RoleError, match="secagg"):
+        build_role("malicious-client", {"partition": 0}, role_context(True, {0: 11, 1: 12}))

@@ -8,6 +8,14 @@ from adversary.roles.base import AttackTarget, Intercept, RoleError, register_ro
 from adversary.traffic_log import TrafficView
 
 
+MODEL_RECORDS = ("arrays/", "fitins.parameters/")
+
+
+def carries_model(log: TrafficView, log_id: int) -> bool:
+    """Whether a message carries model tensors (SecAgg+ also sends key-exchange stages)."""
+    return any(t.name.startswith(MODEL_RECORDS) for t in log.message(log_id).tensors)
+
+
 def _is_update(event: Intercept) -> bool:
     return event.direction == "up" and event.message_type == "train"
 
@@ -70,7 +78,7 @@ class CuriousServer:
         if not _rounds_ok(self.rounds, event):
             return []
         if self.secagg:
-            return self._aggregate(event)
+            return self._aggregate(event, log)
         if not _is_update(event):
             return []
         count = self.per_round.get(event.round, 0)
@@ -79,11 +87,11 @@ class CuriousServer:
         self.per_round[event.round] = count + 1
         return [AttackTarget("update", event.round, (event.log_id,), client=event.src_node)]
 
-    def _aggregate(self, event: Intercept) -> list[AttackTarget]:
+    def _aggregate(self, event: Intercept, log: TrafficView) -> list[AttackTarget]:
         # The first global model sent in round r+1 closes round r's aggregate.
         if event.direction != "down" or event.message_type != "train" or event.round is None:
             return []
-        if event.round in self.global_models:
+        if event.round in self.global_models or not carries_model(log, event.log_id):
             return []
         self.global_models[event.round] = event.log_id
         before = self.global_models.get(event.round - 1)
@@ -105,6 +113,9 @@ class MaliciousClient:
     name = "malicious-client"
 
     def __init__(self, *, partition: int = 0, rounds: list[int] | None = None, context: dict[str, Any]) -> None:
+        if context.get("secagg"):
+            raise RoleError("adversary.role: malicious-client is not supported with federation.secagg yet "
+                            "(its own upload is masked in the log); use curious-server")
         node_of = context.get("node_of_partition") or {}
         if partition not in node_of:
             raise RoleError(f"adversary.options.partition: no client with partition {partition} "
