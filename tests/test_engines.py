@@ -101,3 +101,29 @@ def test_ray_run_with_curious_server_attacks_on_ray_actors(tmp_path: Path) -> No
     jobs = JobBook(run_dir).jobs()
     assert len(jobs) == 4 and {j.state for j in jobs} == {"done"}
     assert all((Path(j.out_dir) / "grid.png").is_file() for j in jobs)
+
+
+@pytest.mark.slow
+def test_run_against_an_existing_ray_cluster(tmp_path: Path) -> None:
+    """`ray start --head` on loopback, then a run (with an adversary) joins it via engine.ray_address."""
+    import os
+
+    from fl_sim.netguard import OFFLINE_ENV
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "ray_bootstrap_config.yaml").write_text("provider:\n  type: local\n")
+    env = {**os.environ, **OFFLINE_ENV, "HOME": str(home)}
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    start = [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "6391", "--num-cpus", "2",
+             "--include-dashboard", "false", "--disable-usage-stats"]
+    subprocess.run(start, check=True, capture_output=True, env=env, timeout=120)
+    try:
+        run_dir = _run_dir_of(_cli_command(tmp_path, "engine.ray_address=127.0.0.1:6391", "adversary.role=curious-server",
+                                           "adversary.attack.iterations=5", "federation.protocol=fedsgd",
+                                           "federation.batch_size=1"))
+        from adversary.jobs import JobBook
+
+        assert {j.state for j in JobBook(run_dir).jobs()} == {"done"}
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
