@@ -32,4 +32,13 @@ def list_experiments() -> list[Experiment]:
 
 
 def _load_all() -> None:
-    from experiments import tradeoff  # noqa: F401  (registers itself)
+    """Import every experiment module of the package; each registers itself."""
+    import importlib
+    import pkgutil
+
+    import experiments
+
+    infrastructure = {"base", "cache", "registry", "runner", "tables", "report"}
+    for info in pkgutil.iter_modules(experiments.__path__):
+        if info.name not in infrastructure and not info.name.startswith("_"):
+            importlib.import_module(f"experiments.{info.name}")
