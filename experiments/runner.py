@@ -74,6 +74,9 @@ def render(name: str, out_dir: Path, settings: dict[str, Any], results: dict[str
     report += [to_markdown(t) for t in tables]
     report += [f"![{f.title}]({f.path.relative_to(out_dir)})\n" for f in figures]
     (out_dir / REPORT_MD).write_text("\n".join(report))
+    from experiments.report import write_html_report
+
+    write_html_report(out_dir, f"{name}: {exp.description}", tables, figures, settings=settings)
     return tables, figures
 
 

@@ -20,4 +20,9 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ "$
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
     || echo "note: dataset-fashion-mnist not installed; the fashion-mnist dataset will be unavailable" >&2
 fi
+# Debian's Chromium renders the experiment reports in a headless-browser test (skipped without it).
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+    || echo "note: chromium not installed; the report rendering test will be skipped" >&2
+fi
 touch "$VENV/.fl-sim-installed"

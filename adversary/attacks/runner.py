@@ -146,8 +146,13 @@ class GradientInversion(Component):
             }
             ctx_base = RegContext(bn_target=self.bn_strategy.target(inputs, threat_model), bn_targets=targets)
             observed = {k: v.detach() for k, v in inputs.observed_delta().items() if k in sim.names}
-            x = self._init_images((r, n, *inputs.image_shape), gen)
-            logits = guess.logits.clone() if guess.trainable else None
+            # Random starts are drawn on the CPU (same seed, same start on any device), then
+            # moved to the model's device, as are inferred labels.
+            device = next(model.parameters()).device
+            x = self._init_images((r, n, *inputs.image_shape), gen).to(device)
+            if guess.labels is not None:
+                guess = LabelGuess(labels=guess.labels.to(device), logits=guess.logits)
+            logits = guess.logits.clone().to(device) if guess.trainable else None
             groups = [list(range(r))] if getattr(self.optimizer, "independent_trials", True) else [[i] for i in range(r)]
             curves: list[list[float]] = [[] for _ in range(r)]
             for gi, group in enumerate(groups):
