@@ -53,6 +53,16 @@ PAPER_DEFENSES = [
 ]
 
 
+MNIST_APPENDIX_DEFENSES = [
+    {"label": "none", "stack": []},
+    *[{"label": f"GradPrune {p}", "stack": _stack({"name": "gradprune", "p": p})} for p in (0.5, 0.9, 0.99, 0.999, 0.9999)],
+    *[{"label": f"MixUp k={k}", "stack": _stack({"name": "mixup", "k": k})} for k in (4, 6)],
+    *[{"label": f"InstaHide k={k}", "stack": _stack({"name": "instahide", "k": k})} for k in (4, 6)],
+    {"label": "GradPrune 0.99 + MixUp 4", "stack": _stack({"name": "mixup", "k": 4}, {"name": "gradprune", "p": 0.99})},
+    {"label": "GradPrune 0.99 + InstaHide 4", "stack": _stack({"name": "instahide", "k": 4}, {"name": "gradprune", "p": 0.99})},
+]
+
+
 def _encoder(stack: list[dict[str, Any]]) -> str | None:
     return next((d["name"] for d in stack if d["name"] in ENCODERS), None)
 
@@ -85,6 +95,16 @@ class TradeoffExperiment:
             "defenses": SMOKE_DEFENSES,
             "utility": {"num_clients": 4, "rounds": 5, "local_steps": 25, "batch_size": 32, "lr": 0.1},
             "attack": {"batch_sizes": [1, 4], "images": 4, "epochs": 2, "iterations": 200, "preset": "huang-eq3",
+                       "attackers": ["strongest"]},
+        },
+        # The paper's MNIST appendix: 6-layer ConvNet without BatchNorm, batch size 1, strongest attack.
+        "mnist-appendix": {
+            "seed": 0,
+            "data": {"name": "mnist-5k", "root": ""},
+            "model": {"name": "convnet", "options": {"width": 32}},
+            "defenses": MNIST_APPENDIX_DEFENSES,
+            "utility": {"num_clients": 4, "rounds": 10, "local_steps": 50, "batch_size": 32, "lr": 0.1},
+            "attack": {"batch_sizes": [1], "images": 8, "epochs": 5, "iterations": 2000, "preset": "huang-eq3",
                        "attackers": ["strongest"]},
         },
         "paper": {

@@ -72,5 +72,7 @@ def test_paper_preset_validates(tmp_path: Path) -> None:
     settings = resolve_settings("tradeoff", "paper", ["data.root=/data/cifar"])
     assert settings["attack"]["iterations"] == 10000 and settings["attack"]["batch_sizes"] == [1, 16, 32]
     assert len(settings["defenses"]) == 13
+    mnist = resolve_settings("tradeoff", "mnist-appendix", [])
+    assert mnist["attack"]["batch_sizes"] == [1] and "GradPrune 0.9999" in [d["label"] for d in mnist["defenses"]]
     with pytest.raises(ExperimentError, match="--preset"):
         resolve_settings("tradeoff", "huge", [])
