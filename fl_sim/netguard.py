@@ -27,7 +27,6 @@ OFFLINE_ENV = {
     # "connecting" a UDP socket to a public DNS server) and binds its servers there.
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-    "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "0"),
 }
 
 
