@@ -87,7 +87,7 @@ class ThreadAdversary:
 
     def __init__(self, run_dir: str, config: AdversaryConfig, context: dict[str, Any]) -> None:
         self.core = AdversaryCore(run_dir, config, context)
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="attack")
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=config.workers or 1, thread_name_prefix="attack")
         self.futures: list[concurrent.futures.Future] = []
 
     def on_intercept(self, event: Intercept) -> None:
@@ -129,10 +129,11 @@ def _ray_classes() -> tuple[Any, Any]:
 
     @ray.remote(num_cpus=0)
     class AdversaryActor:
-        def __init__(self, run_dir: str, config_json: str, context: dict[str, Any], worker_options: dict[str, Any]) -> None:
+        def __init__(self, run_dir: str, config_json: str, context: dict[str, Any], worker_options: dict[str, Any],
+                     num_workers: int) -> None:
             config = AdversaryConfig.model_validate_json(config_json)
             self.core = AdversaryCore(run_dir, config, context)
-            self.workers = [AttackWorker.options(**worker_options).remote() for _ in range(config.workers)]
+            self.workers = [AttackWorker.options(**worker_options).remote() for _ in range(num_workers)]
             self.refs: list[Any] = []
             self.next = 0
 
@@ -171,11 +172,11 @@ class RayAdversary:
         import ray
 
         _, actor_cls = _ray_classes()
-        gpus = ray.cluster_resources().get("GPU", 0)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
         worker_options: dict[str, Any] = {"num_cpus": config.worker_cpus, "num_gpus": 1 if gpus >= 1 else 0}
         self.run_dir = run_dir
         self.actor = actor_cls.options(name=ACTOR_NAME, get_if_exists=False).remote(
-            run_dir, config.model_dump_json(), context, worker_options
+            run_dir, config.model_dump_json(), context, worker_options, config.workers or max(1, gpus)
         )
 
     def on_intercept(self, event: Intercept) -> None:

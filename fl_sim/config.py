@@ -161,7 +161,7 @@ class AdversaryConfig(_Section):
     preset: str = "inverting-gradients"
     attack: dict[str, Any] = Field(default_factory=dict)
     threat: dict[str, Any] = Field(default_factory=dict)
-    workers: int = Field(1, ge=1, le=64)
+    workers: int | None = Field(None, ge=1, le=64)  # default: one per GPU under Ray, else 1
     worker_cpus: float = Field(0.0, ge=0)
     wait: bool = True
     max_attacks: int | None = Field(None, ge=1)
