@@ -93,6 +93,8 @@ def private_batch(obs: Observation, truth: GroundTruth) -> Evaluation:
 
 
 def _bn_exact(obs: Observation, ev: Evaluation) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if not bn_layers(obs.model):
+        return []  # nothing to grant: the model has no BatchNorm layer
     if obs.aggregate_of:
         raise GrantError("threat.bn_stats: 'exact' is undefined for an aggregate of several clients' batches "
                          "(use 'proxy' or 'none')")

@@ -53,6 +53,18 @@ PAPER_DEFENSES = [
 ]
 
 
+BEYOND_ROWS = [
+    {"label": "none", "stack": []},
+    {"label": "DP sigma=0.5", "stack": _stack({"name": "dp", "noise_multiplier": 0.5, "clip": 1.0})},
+    {"label": "DP sigma=1", "stack": _stack({"name": "dp", "noise_multiplier": 1.0, "clip": 1.0})},
+    {"label": "FedAvg 4 local steps", "stack": [], "attack_set": ["federation.protocol=fedavg", "federation.local_steps=4"]},
+    {"label": "non-IID (Dirichlet 0.1)", "stack": [], "utility_set": ["data.partition=dirichlet", "data.alpha=0.1"]},
+    {"label": "SecAgg, curious server", "stack": [], "role": "curious-server", "clients": 3,
+     "utility_set": ["federation.secagg=true", "federation.upload=delta", "secagg.clipping_range=1.0"],
+     "attack_set": ["federation.secagg=true"]},
+    {"label": "malicious client", "stack": [], "role": "malicious-client", "clients": 3},
+]
+
 MNIST_APPENDIX_DEFENSES = [
     {"label": "none", "stack": []},
     *[{"label": f"GradPrune {p}", "stack": _stack({"name": "gradprune", "p": p})} for p in (0.5, 0.9, 0.99, 0.999, 0.9999)],
@@ -61,6 +73,16 @@ MNIST_APPENDIX_DEFENSES = [
     {"label": "GradPrune 0.99 + MixUp 4", "stack": _stack({"name": "mixup", "k": 4}, {"name": "gradprune", "p": 0.99})},
     {"label": "GradPrune 0.99 + InstaHide 4", "stack": _stack({"name": "instahide", "k": 4}, {"name": "gradprune", "p": 0.99})},
 ]
+
+
+SCENARIO_KEYS = ("utility_set", "attack_set", "role", "clients")
+
+
+def _scenario(entry: dict[str, Any]) -> dict[str, Any]:
+    """A row's deployment beyond its defenses: extra config for the training run
+    (``utility_set``) and the attacked run (``attack_set``), and an adversary
+    ``role`` attacking ``clients`` participants (aggregates) instead of one client."""
+    return {k: entry[k] for k in SCENARIO_KEYS if k in entry}
 
 
 def _encoder(stack: list[dict[str, Any]]) -> str | None:
@@ -97,6 +119,16 @@ class TradeoffExperiment:
             "attack": {"batch_sizes": [1, 4], "images": 4, "epochs": 2, "iterations": 200, "preset": "huang-eq3",
                        "attackers": ["strongest"]},
         },
+        # Beyond the paper: DP noise, FedAvg local steps, non-IID data, secure aggregation, malicious client.
+        "beyond": {
+            "seed": 0,
+            "data": {"name": "mnist-5k", "root": ""},
+            "model": {"name": "convnet", "options": {"width": 16}},
+            "defenses": BEYOND_ROWS,
+            "utility": {"num_clients": 4, "rounds": 5, "local_steps": 25, "batch_size": 32, "lr": 0.1},
+            "attack": {"batch_sizes": [1, 4], "images": 4, "epochs": 2, "iterations": 200, "preset": "huang-eq3",
+                       "attackers": ["strongest"]},
+        },
         # The paper's MNIST appendix: 6-layer ConvNet without BatchNorm, batch size 1, strongest attack.
         "mnist-appendix": {
             "seed": 0,
@@ -123,12 +155,13 @@ class TradeoffExperiment:
         common = {"seed": settings["seed"], "data": settings["data"], "model": settings["model"]}
         cells = []
         for d in settings["defenses"]:
-            cells.append(Cell(f"utility/{d['label']}", {**common, "kind": "utility", "stack": d["stack"], **settings["utility"]}))
+            cells.append(Cell(f"utility/{d['label']}", {**common, "kind": "utility", "stack": d["stack"], **_scenario(d),
+                                                       **settings["utility"]}))
         a = settings["attack"]
         for attacker in a["attackers"]:
             for b in a["batch_sizes"]:
                 for d in settings["defenses"]:
-                    params = {**common, "kind": "attack", "stack": d["stack"], "batch_size": b, "attacker": attacker,
+                    params = {**common, "kind": "attack", "stack": d["stack"], "batch_size": b, "attacker": attacker, **_scenario(d),
                               **{k: v for k, v in a.items() if k not in ("batch_sizes", "attackers")}}
                     cells.append(Cell(f"attack/{attacker}/b{b}/{d['label']}", params))
         return cells
@@ -227,6 +260,7 @@ def _run_utility(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
         f"federation.num_clients={params['num_clients']}", f"federation.rounds={params['rounds']}",
         f"federation.local_steps={params['local_steps']}", f"federation.batch_size={params['batch_size']}",
         f"federation.lr={params['lr']}", "federation.protocol=fedavg", "tap.enabled=false", "tap.ground_truth=false",
+        *params.get("utility_set", []),
     ])
     outcome = run_simulation(cfg, quiet=True)
     last = outcome.result.rounds[-1]
@@ -251,16 +285,18 @@ def _run_attack(params: dict[str, Any], workdir: Path, progress: Callable[[str],
 
     b = params["batch_size"]
     encoder = _encoder(params["stack"])
+    attacker = ATTACKERS[params["attacker"]]
+    overrides = _deep_merge(huang_eq3_for_defense(_defense_kind(params["stack"])), attacker["attack"])
+    overrides["iterations"] = params["iterations"]
+    if params.get("role"):
+        return _run_role_attack(params, workdir, overrides, attacker["threat"], progress)
     private = math.ceil(max(params["images"], b) / b) * b
     rounds = (private // b) * (params["epochs"] if encoder else 1)
     cfg = _run_config(params, workdir, [
         "federation.num_clients=1", f"data.max_train={private}", "federation.protocol=fedsgd",
-        f"federation.batch_size={b}", f"federation.rounds={rounds}", "data.max_test=64",
+        f"federation.batch_size={b}", f"federation.rounds={rounds}", "data.max_test=64", *params.get("attack_set", []),
     ])
     run_dir = run_simulation(cfg, quiet=True).run_dir
-    attacker = ATTACKERS[params["attacker"]]
-    overrides = _deep_merge(huang_eq3_for_defense(_defense_kind(params["stack"])), attacker["attack"])
-    overrides["iterations"] = params["iterations"]
     with TrafficLog.open(run_dir) as log:
         updates = [m.id for m in client_updates(log)]
     per_image: list[float] = []
@@ -279,6 +315,37 @@ def _run_attack(params: dict[str, Any], workdir: Path, progress: Callable[[str],
     else:
         result.update(_summary(per_image))
     return result
+
+
+def _run_role_attack(params: dict[str, Any], workdir: Path, overrides: dict[str, Any], threat: dict[str, Any],
+                     progress: Callable[[str], None]) -> dict[str, Any]:
+    """An adversary role attacks during a run of ``clients`` participants (e.g. the
+    malicious client or, under secure aggregation, the curious server: aggregates)."""
+    from adversary.jobs import JobBook
+    from fl_sim.config import AdversaryConfig
+    from fl_sim.simulation import run_simulation
+
+    b, clients = params["batch_size"], params.get("clients", 3)
+    cfg = _run_config(params, workdir, [
+        f"federation.num_clients={clients}", f"data.max_train={clients * max(params['images'], b)}",
+        "federation.protocol=fedsgd", f"federation.batch_size={b}", "federation.rounds=3", "data.max_test=64",
+        *params.get("attack_set", []),
+    ])
+    grants = {k: v for k, v in threat.items() if k != "bn_stats"}  # no private batch BN stats for aggregates
+    # Aggregates have no single private batch: no BN statistics to grant, no BN prior.
+    overrides = _deep_merge(overrides, ATTACKERS["realistic"]["attack"])
+    cfg.adversary = AdversaryConfig(role=params["role"], preset=params["preset"], attack=overrides,
+                                    threat={**grants, "bn_stats": "none"}, workers=1)
+    progress(f"  {params['role']} attacking during the run")
+    run_dir = run_simulation(cfg, quiet=True).run_dir
+    jobs = JobBook(run_dir).jobs()
+    failed = [j for j in jobs if j.state != "done"]
+    if failed:  # a failed cell is not cached; it runs again next time
+        raise RuntimeError(f"{params['role']}: {len(failed)} of {len(jobs)} attacks failed: "
+                           f"{(failed[0].error or failed[0].state).splitlines()[0]}")
+    per_image = [v for j in jobs if j.metrics for v in j.metrics.get("lpips", [])]
+    return {"run_dir": str(run_dir), "attacks": [j.out_dir for j in jobs], "updates": len(jobs),
+            "failed": sum(j.state != "done" for j in jobs), **_summary(per_image)}
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

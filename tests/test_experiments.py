@@ -76,3 +76,14 @@ def test_paper_preset_validates(tmp_path: Path) -> None:
     assert mnist["attack"]["batch_sizes"] == [1] and "GradPrune 0.9999" in [d["label"] for d in mnist["defenses"]]
     with pytest.raises(ExperimentError, match="--preset"):
         resolve_settings("tradeoff", "huge", [])
+
+
+def test_beyond_the_paper_rows_with_roles_and_deployment_settings(tmp_path: Path) -> None:
+    rows = ('defenses=[{label="none",stack=[]},'
+            '{label="FedAvg 2 local steps",stack=[],attack_set=["federation.protocol=fedavg","federation.local_steps=2"]},'
+            '{label="malicious client",stack=[],role="malicious-client",clients=3}]')
+    outcome = run_experiment("tradeoff", "beyond", [rows, "attack.batch_sizes=[1]", "attack.iterations=20", "attack.images=2",
+                                                     "utility.rounds=1", "utility.local_steps=2", "utility.num_clients=2"], tmp_path)
+    rows_by_name = {row[0]: row[1:] for row in outcome.tables[0].rows}
+    assert outcome.tables[0].columns[1:] == ["none", "FedAvg 2 local steps", "malicious client"]
+    assert all(v is not None and 0 <= v <= 1.5 for v in rows_by_name["bs=1 LPIPS avg"])
