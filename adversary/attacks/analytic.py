@@ -14,17 +14,17 @@ from torch import Tensor, nn
 from adversary.attacks.threat_model import AttackInputs
 
 
-def first_linear(model: nn.Module) -> tuple[str, nn.Linear, nn.Module | None]:
+def first_linear(model: nn.Module, purpose: str = "analytic recovery") -> tuple[str, nn.Linear, nn.Module | None]:
     """(name, layer, normalize) of the first Linear, which must only follow Normalize/Flatten."""
     normalize = getattr(model, "normalize", None)
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             if module.bias is None:
-                raise ValueError(f"analytic recovery needs a bias on the first linear layer {name!r}")
+                raise ValueError(f"{purpose} needs a bias on the first linear layer {name!r}")
             return name, module, normalize
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             break
-    raise ValueError("analytic recovery needs a model whose first layer (after Normalize) is nn.Linear")
+    raise ValueError(f"{purpose} needs a model whose first layer (after Normalize) is nn.Linear")
 
 
 def _denormalize(x: Tensor, normalize: nn.Module | None, shape: tuple[int, ...]) -> Tensor:

@@ -22,18 +22,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from adversary.attacks.analytic import first_linear
+
 
 def first_linear_layer(model: nn.Module) -> tuple[str, nn.Linear, nn.Module | None]:
     """(name, layer, normalize) of the first Linear; it may follow only Normalize/Flatten."""
-    normalize = getattr(model, "normalize", None)
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            if module.bias is None:
-                raise ValueError(f"trap weights need a bias on the first linear layer {name!r}")
-            return name, module, normalize
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            break
-    raise ValueError("trap weights need a model whose first layer (after Normalize) is nn.Linear")
+    return first_linear(model, purpose="trap weights")
 
 
 def _norm_stats(normalize: nn.Module | None, shape: tuple[int, ...], like: Tensor) -> tuple[Tensor, Tensor]:
