@@ -264,11 +264,13 @@ def _print_tables(console: Console, tables: list) -> None:
 def _cmd_experiment_run(args: argparse.Namespace, console: Console) -> None:
     from experiments.registry import ExperimentError
     from experiments.runner import run_experiment
+    from fl_sim.data import DataError
+    from fl_sim.models import ModelError
 
     try:
         outcome = run_experiment(args.name, args.preset, args.set or [], args.out or "runs",
                                  progress=lambda msg: console.print(msg, highlight=False))
-    except ExperimentError as exc:
+    except (ExperimentError, DataError, ModelError) as exc:  # cells load data and models themselves
         raise UserError(str(exc)) from None
     _print_tables(console, outcome.tables)
     console.print(f"{outcome.ran} cells run, {outcome.cached} from cache; outputs in {outcome.out_dir}")

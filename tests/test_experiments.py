@@ -87,3 +87,12 @@ def test_beyond_the_paper_rows_with_roles_and_deployment_settings(tmp_path: Path
     rows_by_name = {row[0]: row[1:] for row in outcome.tables[0].rows}
     assert outcome.tables[0].columns[1:] == ["none", "FedAvg 2 local steps", "malicious client"]
     assert all(v is not None and 0 <= v <= 1.5 for v in rows_by_name["bs=1 LPIPS avg"])
+
+
+@pytest.mark.parametrize("name", ["tradeoff", "fig1_bn", "sweeps", "label_histogram", "labels_known"])
+def test_paper_presets_start_and_stop_cleanly_without_cifar10(name: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Offline there is no CIFAR-10: the paper presets start, then stop with one line naming data.root."""
+    code = main(["experiment", "run", name, "--preset", "paper", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: data.root:") and len(err.splitlines()) == 1
