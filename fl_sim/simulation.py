@@ -59,6 +59,15 @@ def validate_adversary(config: RunConfig) -> None:
         preset_config(config.adversary.preset, dict(config.adversary.attack))
     except (RoleError, AttackConfigError) as exc:
         raise ConfigError(str(exc).replace("\n", " ")) from None
+    if config.adversary.role == "malicious-server":
+        from adversary.malicious.server import build_manipulation
+        from adversary.malicious.threat import MaliciousServerError
+
+        task = load_task(config)
+        try:
+            build_manipulation(dict(config.adversary.options), model=task.new_model(), input_shape=task.dataset.input_shape)
+        except MaliciousServerError as exc:
+            raise ConfigError(str(exc)) from None
     for key in config.adversary.threat:
         if key not in THREAT_KEYS:
             raise ConfigError(f"adversary.threat.{key}: unknown key; choose one of: {', '.join(THREAT_KEYS)}")

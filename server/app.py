@@ -24,6 +24,17 @@ def _start_adversary(config: RunConfig, run_path: Path):  # noqa: ANN202
     return start_adversary(run_path, config.adversary, context, config.engine.name)
 
 
+def _manipulation(config: RunConfig):  # noqa: ANN202
+    """A malicious server's manipulation of the weights it sends, if that is the role."""
+    if config.adversary.role != "malicious-server":
+        return None
+    from adversary.malicious.server import build_manipulation
+    from fl_sim.task import load_task
+
+    task = load_task(config)
+    return build_manipulation(dict(config.adversary.options), model=task.new_model(), input_shape=task.dataset.input_shape)
+
+
 def make_server_app(
     config: RunConfig,
     run_dir: str | Path | None,
@@ -48,7 +59,8 @@ def make_server_app(
 
                 result = run_secagg(config, run_path, grid, context, console=Console(stderr=True, quiet=quiet))
             else:
-                result = FederatedLoop(config, run_path, console=Console(stderr=True, quiet=quiet)).run(grid)
+                result = FederatedLoop(config, run_path, console=Console(stderr=True, quiet=quiet),
+                                       manipulation=_manipulation(config)).run(grid)
         finally:
             if adversary is not None:
                 states = adversary.finish(config.adversary.wait)

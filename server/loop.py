@@ -75,8 +75,11 @@ def _replies(messages: list[Message], expected: int) -> list[Reply]:
 
 
 class FederatedLoop:
-    def __init__(self, config: RunConfig, run_dir: Path | None, console: Console | None = None) -> None:
+    def __init__(self, config: RunConfig, run_dir: Path | None, console: Console | None = None,
+                 manipulation: Any = None) -> None:
         self.config = config
+        # A malicious server's manipulation of what it sends (adversary.malicious.server); None = honest.
+        self.manipulation = manipulation
         self.run_dir = run_dir
         self.task = load_task(config)
         self.model = self.task.new_model()
@@ -87,11 +90,17 @@ class FederatedLoop:
 
     def _instructions(self, nodes: list[int], rnd: int, message_type: str) -> list[Message]:
         fed = self.config.federation
+        sent = self.state
+        if self.manipulation is not None and message_type == "train":
+            self.model.load_state_dict(self.state, strict=False)
+            altered = self.manipulation.weights_for(rnd, self.model)
+            if altered is not None:
+                sent = {k: altered[k] for k in self.shared_keys}
         messages = []
         for node in nodes:
             content = RecordDict(
                 {
-                    "arrays": ArrayRecord({k: v.contiguous() for k, v in self.state.items()}),
+                    "arrays": ArrayRecord({k: v.contiguous() for k, v in sent.items()}),
                     "config": ConfigRecord(
                         {
                             "server-round": rnd,

@@ -141,3 +141,25 @@ class MaliciousClient:
         if prev not in self.models or prev not in self.own_reply or not _rounds_ok(self.rounds, Intercept(0, prev, "up", 0, 0, "train")):
             return []
         return [AttackTarget("aggregate", prev, (self.models[prev], event.log_id, self.own_reply[prev]), client=self.node)]
+
+
+@register_role("malicious-server")
+class MaliciousServer:
+    """Controls what the server sends (the manipulation runs in the server, see
+    :mod:`adversary.malicious.server`) and attacks the replies to manipulated rounds
+    analytically. Its options also configure the manipulation (``strategy``,
+    ``rounds``, ``scale``, ``seed``)."""
+
+    name = "malicious-server"
+
+    def __init__(self, *, strategy: str = "trap-weights", rounds: list[int] | None = None, scale: float = 1.05,
+                 seed: int = 0, context: dict[str, Any]) -> None:
+        self.strategy, self.rounds = strategy, list(rounds or [])
+
+    def sees(self, event: Intercept) -> bool:
+        return True
+
+    def observe(self, event: Intercept, log: TrafficView) -> list[AttackTarget]:
+        if not _is_update(event) or not _rounds_ok(self.rounds, event):
+            return []
+        return [AttackTarget("trap", event.round, (event.log_id,), client=event.src_node, info={"strategy": self.strategy})]
