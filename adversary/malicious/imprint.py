@@ -25,6 +25,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from adversary.malicious.trap_weights import layer_grads
+
 
 def brightness_thresholds(public_images: Tensor, num_bins: int, *, distribution: str = "normal") -> Tensor:
     """Thresholds c_1..c_k splitting the public brightness distribution into equal-mass bins.
@@ -85,13 +87,6 @@ class ImprintedModel(nn.Module):
         return self.body(self.imprint(x))
 
 
-def _block_grads(grads: Mapping[str, Tensor] | tuple[Tensor, Tensor], prefix: str) -> tuple[Tensor, Tensor]:
-    if isinstance(grads, Mapping):
-        return grads[f"{prefix}enc.weight"], grads[f"{prefix}enc.bias"]
-    dw, db = grads
-    return dw, db
-
-
 @torch.no_grad()
 def recover_from_imprint(
     grads: Mapping[str, Tensor] | tuple[Tensor, Tensor],
@@ -107,7 +102,7 @@ def recover_from_imprint(
     over clients, or a one-step update -lr*grad: ratios cancel the scale), or is
     ``(dW, db)`` of ``block.enc``.
     """
-    dw, db = (g.detach().double().cpu() for g in _block_grads(grads, prefix))
+    dw, db = (g.detach().double().cpu() for g in layer_grads(grads, f"{prefix}enc"))
     dw_bin = torch.cat([dw[:-1] - dw[1:], dw[-1:]])
     db_bin = torch.cat([db[:-1] - db[1:], db[-1:]])
     keep = db_bin.abs() > rel_eps * db.abs().max().clamp_min(1e-300)

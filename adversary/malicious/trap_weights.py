@@ -87,7 +87,8 @@ class TrapRecovery:
         return self.images[self.confirmed]
 
 
-def _layer_grads(grads: Mapping[str, Tensor] | tuple[Tensor, Tensor], name: str) -> tuple[Tensor, Tensor]:
+def layer_grads(grads: Mapping[str, Tensor] | tuple[Tensor, Tensor], name: str) -> tuple[Tensor, Tensor]:
+    """(dW, db) of the linear layer ``name`` from a name->gradient dict, or the pair itself."""
     if isinstance(grads, Mapping):
         return grads[f"{name}.weight"], grads[f"{name}.bias"]
     dw, db = grads
@@ -111,7 +112,7 @@ def recover_from_trap(
     image space) are merged.
     """
     name, _, normalize = first_linear_layer(model)
-    dw, db = (g.detach().double().cpu() for g in _layer_grads(grads, name))
+    dw, db = (g.detach().double().cpu() for g in layer_grads(grads, name))
     keep = db.abs() > rel_eps * db.abs().max().clamp_min(1e-300)
     cand = dw[keep] / db[keep, None]
     mean, std = _norm_stats(normalize, input_shape, cand)
