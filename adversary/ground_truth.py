@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from adversary.sqlite_util import open_shared
+
 GROUND_TRUTH_DIR = "ground_truth"
 _DB = "index.sqlite"
 
@@ -43,11 +45,14 @@ CREATE TABLE IF NOT EXISTS batches (
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=60.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(_SCHEMA)
-    return conn
+    return open_shared(path, _SCHEMA)
+
+
+def init_ground_truth(run_dir: str | Path) -> None:
+    """Create the sidecar's index before any client writes to it (no creation race)."""
+    root = Path(run_dir) / GROUND_TRUTH_DIR
+    (root / "batches").mkdir(parents=True, exist_ok=True)
+    _connect(root / _DB).close()
 
 
 def record_private_batch(

@@ -8,7 +8,6 @@ picked up by ``fl-sim attack --resume RUN_DIR``.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from adversary.roles.base import AttackTarget
+from adversary.sqlite_util import open_shared
 
 JOBS_DB = "adversary/jobs.sqlite"
 STATES = ("pending", "running", "done", "failed")
@@ -59,10 +59,7 @@ class JobBook:
     def __init__(self, run_dir: str | Path) -> None:
         path = Path(run_dir) / JOBS_DB
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, timeout=60.0, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(_SCHEMA)
-        self._conn.commit()
+        self._conn = open_shared(path, _SCHEMA)
         self._lock = threading.Lock()
 
     @staticmethod

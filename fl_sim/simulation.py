@@ -96,6 +96,10 @@ def run_simulation(config: RunConfig, *, command: list[str] | None = None, quiet
     validate(config)
     run_dir = create_run_dir(config, command=command)
     write_partitions(config, run_dir)
+    if config.tap.ground_truth:
+        from adversary.ground_truth import init_ground_truth
+
+        init_ground_truth(run_dir)
     box: list[TrainingResult] = []
     server_app = make_server_app(config, run_dir, on_result=box.append, quiet=quiet)
     client_app = make_client_app(config, run_dir)

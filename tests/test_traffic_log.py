@@ -78,3 +78,25 @@ def test_sigkill_leaves_every_committed_message_readable(tmp_path: Path) -> None
         expected = _record(info.id - 1).tensors
         assert set(arrays) == set(expected)
         np.testing.assert_array_equal(arrays["arrays/w"], expected["arrays/w"])
+
+
+def _write_private(args: tuple[str, int]) -> None:
+    from adversary.ground_truth import record_private_batch
+
+    run_dir, i = args
+    step = {"images": np.full((2, 1, 4, 4), i, np.float32), "labels": np.array([i, i], np.int64)}
+    record_private_batch(run_dir, instruction_id=f"msg-{i}", node_id=100 + i, partition_id=i, round=1, steps=[step])
+
+
+def test_many_clients_create_and_write_the_sidecar_at_once(tmp_path: Path) -> None:
+    """Client processes racing to create the sidecar index must all succeed (WAL switch contention)."""
+    import multiprocessing
+
+    from adversary.ground_truth import GroundTruth
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(6) as pool:
+        pool.map(_write_private, [(str(tmp_path), i) for i in range(12)])
+    truth = GroundTruth.open(tmp_path)
+    assert len(truth) == 12
+    assert float(truth.batch_for("msg-7").steps[0]["images"].mean()) == 7.0
