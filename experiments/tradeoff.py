@@ -106,29 +106,24 @@ ATTACKERS = {
 }
 
 
+SMOKE: dict[str, Any] = {
+    "seed": 0,
+    "data": {"name": "mnist-5k", "root": ""},
+    "model": {"name": "convnet", "options": {"width": 16}},
+    "defenses": SMOKE_DEFENSES,
+    "utility": {"num_clients": 4, "rounds": 5, "local_steps": 25, "batch_size": 32, "lr": 0.1},
+    "attack": {"batch_sizes": [1, 4], "images": 4, "epochs": 2, "iterations": 200, "preset": "huang-eq3",
+               "attackers": ["strongest"]},
+}
+
+
 class TradeoffExperiment:
     name = "tradeoff"
     description = "utility-security trade-off of defenses (the paper's Tables 2 and 5)"
     presets: dict[str, dict[str, Any]] = {
-        "smoke": {
-            "seed": 0,
-            "data": {"name": "mnist-5k", "root": ""},
-            "model": {"name": "convnet", "options": {"width": 16}},
-            "defenses": SMOKE_DEFENSES,
-            "utility": {"num_clients": 4, "rounds": 5, "local_steps": 25, "batch_size": 32, "lr": 0.1},
-            "attack": {"batch_sizes": [1, 4], "images": 4, "epochs": 2, "iterations": 200, "preset": "huang-eq3",
-                       "attackers": ["strongest"]},
-        },
+        "smoke": SMOKE,
         # Beyond the paper: DP noise, FedAvg local steps, non-IID data, secure aggregation, malicious client.
-        "beyond": {
-            "seed": 0,
-            "data": {"name": "mnist-5k", "root": ""},
-            "model": {"name": "convnet", "options": {"width": 16}},
-            "defenses": BEYOND_ROWS,
-            "utility": {"num_clients": 4, "rounds": 5, "local_steps": 25, "batch_size": 32, "lr": 0.1},
-            "attack": {"batch_sizes": [1, 4], "images": 4, "epochs": 2, "iterations": 200, "preset": "huang-eq3",
-                       "attackers": ["strongest"]},
-        },
+        "beyond": {**SMOKE, "defenses": BEYOND_ROWS},
         # The paper's MNIST appendix: 6-layer ConvNet without BatchNorm, batch size 1, strongest attack.
         "mnist-appendix": {
             "seed": 0,
@@ -235,7 +230,7 @@ def _ratio(value: float | None, base: float | None) -> float | None:
 
 
 def _run_config(params: dict[str, Any], workdir: Path, extra: list[str]) -> Any:
-    from fl_sim.config import build_config
+    from fl_sim.config import apply_override, build_config
 
     tree = {
         "seed": params["seed"],
@@ -246,8 +241,6 @@ def _run_config(params: dict[str, Any], workdir: Path, extra: list[str]) -> Any:
         "defenses": params["stack"],
         "engine": {"name": "inline"},
     }
-    from fl_sim.config import apply_override
-
     for item in extra:
         apply_override(tree, item)
     return build_config(tree)
