@@ -51,8 +51,8 @@ def score(obs: Observation, images: torch.Tensor, labels: torch.Tensor, truth: G
     target = ev.trained_on
     if len(images) < len(target):
         return {"note": f"reconstructed {len(images)} images for a batch of {len(target)}"}
-    if obs.input_range[0] < 0:  # InstaHide: compare magnitudes, the signs are a random mask
-        images, target = images.abs().clamp(0, 1), target.abs()
+    # InstaHide: compare |x - c|, the signs are a random mask (identity otherwise).
+    images, target = obs.unsigned(images).clamp(0, 1), obs.unsigned(target)
     metrics = evaluate_reconstruction(images.clamp(0, 1), target)
     hard = labels.argmax(-1) if labels.is_floating_point() else labels
     truth_labels = ev.trained_labels
@@ -182,10 +182,10 @@ def run_attack(
     label = f"m{msg_id}" if target.kind == "update" else f"agg{len(obs.aggregate_of)}"
     out_dir = run_dir / ATTACKS_DIR / f"r{obs.round}-{label}-{preset}-{stamp}-{secrets.token_hex(2)}"
     out_dir.mkdir(parents=True)
-    shown = result.images.abs() if obs.input_range[0] < 0 else result.images
+    shown = obs.unsigned(result.images)
     if truth is not None and "perm" in metrics:
         originals = private_batch(obs, truth).trained_on
-        originals = originals.abs() if obs.input_range[0] < 0 else originals
+        originals = obs.unsigned(originals)
         save_grid(out_dir / GRID_PNG, shown[torch.as_tensor(metrics["perm"])], originals)
     else:
         save_grid(out_dir / GRID_PNG, shown)

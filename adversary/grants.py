@@ -124,6 +124,7 @@ def grant_inputs(obs: Observation, threat_model: ThreatModel, truth: GroundTruth
         labels=ev.trained_labels if ev is not None and threat_model.labels == "known" else None,
         bn_exact=_bn_exact(obs, ev) if ev is not None and threat_model.bn_stats == "exact" else None,
         data_range=obs.input_range,
+        sign_center=obs.center_tensor if obs.sign_center is not None else None,
         extra={"running_stats": obs.running_stats} if obs.running_stats else {},
     )
     return inputs

@@ -33,6 +33,8 @@ class Observation:
     image_shape: tuple[int, int, int]
     num_classes: int
     encoder: str | None = None  # the deployment's batch encoder (public protocol knowledge)
+    # InstaHide flips signs around this per-channel value (protocol + the model's Normalize: public).
+    sign_center: tuple[float, ...] | None = None
     running_stats: dict[str, torch.Tensor] = field(default_factory=dict)
     # For aggregate targets: the nodes whose private batches the update averages
     # (used by the evaluator to score; the attack never reads the sidecar).
@@ -42,8 +44,21 @@ class Observation:
 
     @property
     def input_range(self) -> tuple[float, float]:
-        """InstaHide's sign flips put model inputs in [-1, 1]."""
-        return (-1.0, 1.0) if self.encoder == "instahide" else (0.0, 1.0)
+        """InstaHide's sign flips around ``c`` put model inputs in [2c - 1, 2c] (a superset box)."""
+        if self.sign_center is None:
+            return (0.0, 1.0)
+        return (min(0.0, 2 * min(self.sign_center) - 1), max(1.0, 2 * max(self.sign_center)))
+
+    def unsigned(self, x: torch.Tensor) -> torch.Tensor:
+        """``|x - c|``: what survives InstaHide's unknown signs (``x`` itself without InstaHide)."""
+        if self.sign_center is None:
+            return x
+        return (x - self.center_tensor.to(x)).abs()
+
+    @property
+    def center_tensor(self) -> torch.Tensor:
+        c = self.sign_center or (0.0,)
+        return torch.tensor(c, dtype=torch.float32).view(1, -1, 1, 1)
 
     @property
     def round(self) -> int | None:
@@ -63,6 +78,20 @@ class Observation:
 def _record(tensors: dict[str, torch.Tensor], record: str) -> dict[str, torch.Tensor]:
     head = record + "/"
     return {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
+
+
+def encoding_of(task: Any, model: nn.Module) -> dict[str, Any]:
+    """The deployment's batch encoder and, for InstaHide, the centre its signs flip around."""
+    encoders = [d for d in task.config.defenses if d.name in ("mixup", "instahide")]
+    if not encoders:
+        return {"encoder": None, "sign_center": None}
+    params = encoders[0]
+    if params.name != "instahide":
+        return {"encoder": params.name, "sign_center": None}
+    from clients.defenses.instahide import sign_center
+
+    center = sign_center(params.center, model, task.dataset.input_shape[0]).expand(1, task.dataset.input_shape[0], 1, 1)
+    return {"encoder": "instahide", "sign_center": tuple(float(v) for v in center.flatten())}
 
 
 def client_updates(log: TrafficLog, round: int | None = None, client: int | None = None) -> list[MessageInfo]:
@@ -88,7 +117,6 @@ def observe(run_dir: str | Path, reply_id: int) -> Observation:
         received = log.tensors(reply.id)
     task = load_task(load_run_config(run_dir))
     model = task.new_model()
-    names = [d.name for d in task.config.defenses]
     model.load_state_dict(_record(sent, "arrays"), strict=False)
     config = {k.rsplit("/", 1)[-1]: v for k, v in instruction.config.items()}
     metrics = {k.rsplit("/", 1)[-1]: v for k, v in reply.metrics.items()}
@@ -107,6 +135,6 @@ def observe(run_dir: str | Path, reply_id: int) -> Observation:
         local={"lr": config.get("lr"), "local_steps": int(config.get("local-steps", 1)), "batch_size": config.get("batch-size")},
         image_shape=task.dataset.input_shape,
         num_classes=task.dataset.num_classes,
-        encoder=next((n for n in names if n in ("mixup", "instahide")), None),
+        **encoding_of(task, model),
         running_stats=_record(received, "buffers"),
     )

@@ -189,7 +189,8 @@ class TradeoffExperiment:
                 f"Attack: {settings['attack']['preset']}, {settings['attack']['iterations']} iterations, "
                 f"{settings['attack']['images']} private images per cell; MixUp/InstaHide rows decode "
                 f"{settings['attack']['epochs']} epochs of reconstructed encodings with the mixing keys granted "
-                "(InstaHide's signs not granted: scored against |2x-1|, the image up to pixel signs)."
+                "(InstaHide's signs not granted: scored against |x - c|, the image up to the sign of each pixel's "
+                "deviation from the centre c the signs flip around, the dataset mean by default)."
             )
             tables.append(table)
         return tables
@@ -302,8 +303,7 @@ def _run_attack(params: dict[str, Any], workdir: Path, progress: Callable[[str],
         per_image += outcome.metrics.get("lpips", [])
     result: dict[str, Any] = {"run_dir": str(run_dir), "attacks": attacks, "updates": len(updates)}
     if encoder:
-        centred = encoder == "instahide" and next(d for d in params["stack"] if d["name"] == "instahide").get("center", True)
-        result.update(_decode(run_dir, attacks, signed=encoder == "instahide", centred=centred))
+        result.update(_decode(run_dir, attacks))
         result["encoding_lpips"] = _summary(per_image)["lpips_avg"]
     else:
         result.update(_summary(per_image))
@@ -348,25 +348,29 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _decode(run_dir: Path, attack_dirs: list[str], *, signed: bool, centred: bool = False) -> dict[str, Any]:
+def _decode(run_dir: Path, attack_dirs: list[str]) -> dict[str, Any]:
     """Decode the private images from the reconstructed encodings, keys granted.
 
-    InstaHide's random signs are not granted: the decode works on magnitudes. For
-    centred InstaHide that recovers at best ``|2x - 1|`` (what Carlini et al.
-    recover: images up to the sign of each pixel), so that is what it is scored
-    against, the attacker-favourable upper bound.
+    InstaHide's random signs are not granted: the decode works on the magnitudes
+    ``|x~ - c|`` around the centre the signs flip around, as mixtures of ``|x - c|``
+    (exact for ``c = 0``). That recovers at best ``|x - c|`` (what Carlini et al.
+    recover: images up to the sign of each pixel's deviation from ``c``), so that is
+    what it is scored against, the attacker-favourable upper bound.
     """
     from safetensors.torch import load_file
 
     from adversary.decode import decode_with_keys
     from adversary.ground_truth import GroundTruth
     from adversary.metrics import evaluate_reconstruction
+    from adversary.observation import encoding_of
     from adversary.traffic_log import TrafficLog
     from fl_sim.rundir import load_run_config
     from fl_sim.task import load_task
 
     truth = GroundTruth.open(run_dir)
     task = load_task(load_run_config(run_dir))
+    center = encoding_of(task, task.new_model())["sign_center"]
+    unsign = (lambda x: x) if center is None else (lambda x: (x - torch.tensor(center).view(1, -1, 1, 1)).abs())
     pool = np.asarray(task.partitions[0])
     local = {int(g): i for i, g in enumerate(pool)}
     encodings, partners, coeffs = [], [], []
@@ -377,17 +381,15 @@ def _decode(run_dir: Path, attack_dirs: list[str], *, signed: bool, centred: boo
             batch = truth.batch_for(reply.reply_to or "")
             step = batch.steps[0]
             # Reconstruction i is tied to encoding i by its (unique, soft) known label.
-            encodings.append(load_file(str(Path(attack_dir) / "reconstruction.safetensors"))["images"])
+            encodings.append(unsign(load_file(str(Path(attack_dir) / "reconstruction.safetensors"))["images"]))
             partners.append(np.vectorize(local.get)(step["keys/partners"]))
             coeffs.append(step["keys/coeffs"])
     decoded = decode_with_keys(
         torch.cat(encodings), torch.from_numpy(np.concatenate(partners)).long(),
-        torch.from_numpy(np.concatenate(coeffs)).float(), num_private=len(pool), signed=signed,
+        torch.from_numpy(np.concatenate(coeffs)).float(), num_private=len(pool),
     )
     images, mask = decoded.images, decoded.identifiable
-    originals = task.dataset.train_x[torch.as_tensor(pool)]
-    if centred:
-        originals = (2 * originals - 1).abs()
+    originals = unsign(task.dataset.train_x[torch.as_tensor(pool)])
     if int(mask.sum()) == 0:
         return {"lpips_avg": None, "lpips_best": None, "lpips_std": None, "identifiable": 0}
     metrics = evaluate_reconstruction(images[mask].clamp(0, 1), originals[mask])

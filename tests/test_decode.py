@@ -235,7 +235,7 @@ def test_true_clusters_score_perfectly() -> None:
 def test_centred_instahide_signs_defeat_the_exact_decode(data) -> None:
     """InstaHide as its code does it (pixels centred before mixing): |x~| no longer determines the mix."""
     x, y, pool, _ = data
-    enc = InstaHide(InstaHideParams(k=4, center=True))
+    enc = InstaHide(InstaHideParams(k=4, center="half"))
     es = collect_encodings(_epochs(enc, x, y, pool, 5))
     out = decode_with_keys(**es.decode_args())
     assert float((out.images - es.truth).abs().max()) > 0.2

@@ -123,7 +123,7 @@ def test_mixup_bound_holds_over_many_draws() -> None:
 def test_intra_instahide_signs_are_fresh_and_abs_is_the_mix() -> None:
     x, y, pool, classes = _private()
     idx = pool[:12]
-    enc = InstaHide(InstaHideParams(k=4))
+    enc = InstaHide(InstaHideParams(k=4, center="half"))
     rng = generator_for(0, 1, 0, 0)
     yo = torch.nn.functional.one_hot(y[idx], classes).float()
     ctx = _encode_ctx(x, y, pool, classes, idx)
@@ -133,9 +133,9 @@ def test_intra_instahide_signs_are_fresh_and_abs_is_the_mix() -> None:
         signs = torch.from_numpy(keys["keys/signs"])
         assert signs.dtype == torch.int8 and signs.shape == out.shape
         assert set(signs.unique().tolist()) == {-1, 1}
-        mixed = 2 * mix(x[torch.from_numpy(keys["keys/partners"])], torch.from_numpy(keys["keys/coeffs"])) - 1  # centred
-        torch.testing.assert_close(out.abs(), mixed.abs(), atol=1e-6, rtol=1e-6)
-        torch.testing.assert_close(out, signs.float() * mixed)
+        mixed = mix(x[torch.from_numpy(keys["keys/partners"])], torch.from_numpy(keys["keys/coeffs"]))
+        torch.testing.assert_close((out - 0.5).abs(), (mixed - 0.5).abs(), atol=1e-6, rtol=1e-6)  # signs flip around 0.5
+        torch.testing.assert_close(out, 0.5 + signs.float() * (mixed - 0.5))
         flat = signs.view(len(signs), -1)
         assert len({tuple(r.tolist()) for r in flat}) == len(flat)  # different per image
     assert not torch.equal(torch.from_numpy(keys1["keys/signs"]), torch.from_numpy(keys2["keys/signs"]))  # and per step
@@ -146,7 +146,7 @@ def test_intra_instahide_signs_are_fresh_and_abs_is_the_mix() -> None:
 
 def _build_ctx(cfg, key="defenses[0]"):
     task = load_task(cfg)
-    return BuildContext(cfg, task.dataset.input_shape, task.dataset.num_classes, nn.Identity(), key), task
+    return BuildContext(cfg, task.dataset.input_shape, task.dataset.num_classes, task.new_model(), key), task
 
 
 def test_inter_instahide_draws_partners_from_the_public_set(tiny) -> None:
@@ -166,7 +166,8 @@ def test_inter_instahide_draws_partners_from_the_public_set(tiny) -> None:
     partners, coeffs = keys["keys/partners"], torch.from_numpy(keys["keys/coeffs"])
     assert (partners[:, 0] == idx).all() and (partners[:, 1:] < len(public_x)).all()
     images = torch.cat([x[idx][:, None], public_x[torch.from_numpy(partners[:, 1:])]], dim=1)
-    torch.testing.assert_close(out.abs(), (2 * mix(images, coeffs) - 1).abs(), atol=1e-6, rtol=1e-6)  # centred
+    c = torch.tensor(task.dataset.mean).view(1, -1, 1, 1)  # default centre: the dataset mean (the model's Normalize)
+    torch.testing.assert_close((out - c).abs(), (mix(images, coeffs) - c).abs(), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(labels, coeffs[:, :1] * yo)  # only the private label counts
 
 
@@ -296,8 +297,9 @@ def test_instahide_plus_gradprune_end_to_end(tiny, mode: str) -> None:
             assert (partners[:, 0] == step["indices"]).all()
             np.testing.assert_array_equal(step["images"], data.train_x[step["indices"]].numpy())
             np.testing.assert_array_equal(step["labels"], data.train_y[step["indices"]].numpy())
-            mixed = 2 * mix(data.train_x[torch.from_numpy(partners)], torch.from_numpy(coeffs)).numpy() - 1  # centred
-            np.testing.assert_allclose(step["encoded"], signs * mixed, atol=1e-6)
+            mixed = mix(data.train_x[torch.from_numpy(partners)], torch.from_numpy(coeffs)).numpy()
+            c = np.asarray(data.mean, np.float32).reshape(1, -1, 1, 1)  # signs flip around the dataset mean
+            np.testing.assert_allclose(step["encoded"], c + signs * (mixed - c), atol=1e-6)
             assert step["encoded_labels"].shape == (8, 10)
 
 
@@ -367,3 +369,36 @@ def test_build_defenses_orders_hooks(tiny) -> None:
     assert d.names == ["gradprune", "instahide", "dp"]
     assert d.encoder.position == 1 and d.step.position == 2 and [t.position for t in d.transforms] == [0]
     assert isinstance(cfg.defenses[0], GradPruneParams)
+
+
+def _train_encoded(cfg, steps: int) -> float:
+    """Centralised SGD on encoded batches of the embedded digits; accuracy on CLEAN test images."""
+    from torch.nn import functional as F
+
+    from clients.training import evaluate
+
+    torch.manual_seed(0)
+    task = load_task(cfg)
+    model = task.new_model()
+    data = task.dataset
+    defenses = build_defenses(cfg, input_shape=data.input_shape, num_classes=data.num_classes, model=model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pool = np.arange(len(data.train_y))
+    for step in range(steps):
+        idx = np.random.default_rng(step).choice(pool, 32, replace=False)
+        x, y, _ = defenses.for_round(seed=0, round=step, partition=0).encode(
+            data.train_x[idx], data.train_y[idx], EncodeContext(idx, pool, data.train_x, data.train_y, data.num_classes))
+        model.train()
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return evaluate(model, *task.test_split)[1]
+
+
+def test_instahide_as_its_code_trains_a_model_that_classifies_clean_images(tiny) -> None:
+    """Signs flipped around the dataset mean (InstaHide's normalize-then-flip): clean test images stay
+    in the training distribution. Flipping around 0.5 leaves the model unusable on clean images."""
+    mean_acc = _train_encoded(tiny('defenses=[{name="instahide", k=4}]', "model.options.width=16"), 300)
+    half_acc = _train_encoded(tiny('defenses=[{name="instahide", k=4, center="half"}]', "model.options.width=16"), 300)
+    assert mean_acc > 0.6, mean_acc
+    assert half_acc < 0.3, half_acc

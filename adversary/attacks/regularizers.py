@@ -26,6 +26,7 @@ class RegContext:
     bn_target: list[tuple[Tensor, Tensor]] | None = None
     bn_targets: dict[str, list[tuple[Tensor, Tensor]] | None] = field(default_factory=dict)
     group_mean: Tensor | None = None
+    sign_center: Tensor | None = None  # InstaHide: signs flip around this centre
 
 
 class Regularizer(Component):
@@ -37,7 +38,8 @@ class Regularizer(Component):
 class TotalVariation(Regularizer):
     """Anisotropic TV (mean absolute neighbour differences): natural images are piecewise smooth.
 
-    ``on_abs=True`` applies it to |x|, for InstaHide whose random sign flips make x itself rough.
+    ``on_abs=True`` applies it to |x - c| (c: the centre InstaHide's random signs flip around,
+    0 when the inputs state none), for InstaHide whose sign flips make x itself rough.
     """
 
     def __init__(self, on_abs: bool = False) -> None:
@@ -45,7 +47,7 @@ class TotalVariation(Regularizer):
 
     def __call__(self, x: Tensor, ctx: RegContext) -> Tensor:
         if self.on_abs:
-            x = x.abs()
+            x = (x - ctx.sign_center.to(x)).abs() if ctx.sign_center is not None else x.abs()
         dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
         dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
         return dx + dy

@@ -144,7 +144,8 @@ class GradientInversion(Component):
                 "proxy": inputs.bn_proxy,
                 "infer": BN_STRATEGIES.build("infer").target(inputs, threat_model),
             }
-            ctx_base = RegContext(bn_target=self.bn_strategy.target(inputs, threat_model), bn_targets=targets)
+            ctx_base = RegContext(bn_target=self.bn_strategy.target(inputs, threat_model), bn_targets=targets,
+                                  sign_center=inputs.sign_center)
             observed = {k: v.detach() for k, v in inputs.observed_delta().items() if k in sim.names}
             # Random starts are drawn on the CPU (same seed, same start on any device), then
             # moved to the model's device, as are inferred labels.
@@ -189,7 +190,8 @@ class GradientInversion(Component):
             simulated = sim(xi, self._labels_for(guess, logits, i), create_graph=create_graph)
             obj = self.objective(simulated, observed)
             nbn = len(ctx_base.bn_target or feats)
-            ctx = RegContext(bn_features=list(feats[: max(nbn, 0)]), bn_target=ctx_base.bn_target, bn_targets=ctx_base.bn_targets, group_mean=group_mean)
+            ctx = RegContext(bn_features=list(feats[: max(nbn, 0)]), bn_target=ctx_base.bn_target, bn_targets=ctx_base.bn_targets,
+                             group_mean=group_mean, sign_center=ctx_base.sign_center)
             total = obj
             for _, weight, reg in self.regularizers:
                 if weight != 0.0:

@@ -65,6 +65,8 @@ class AttackInputs:
     bn_exact: list[tuple[Tensor, Tensor]] | None = None
     bn_proxy: list[tuple[Tensor, Tensor]] | None = None
     data_range: tuple[float, float] = (0.0, 1.0)
+    # InstaHide's signs flip around this (1, C, 1, 1) centre: priors act on |x - c| (public protocol knowledge).
+    sign_center: Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

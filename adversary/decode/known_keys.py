@@ -2,10 +2,13 @@
 
 Every observed encoding is ``x~_j = sigma_j o sum_i lambda_ji s_{p_ji}`` (``sigma_j`` all ones for
 MixUp). The attacker of the paper is granted the indices ``p`` and coefficients ``lambda`` but
-not the signs. Because the repository's encoders mix images in [0, 1] with nonnegative
-coefficients *before* flipping signs, ``|x~_j| = sum_i lambda_ji s_{p_ji}`` holds exactly, so
-InstaHide is decoded from absolute values exactly as MixUp is decoded from the encodings
-(Carlini et al. work with ``|x~|`` too). Public partners (Inter-InstaHide) are known to the
+not the signs. When the signs flip around 0 (InstaHide ``center="zero"``: images in [0, 1]
+mixed with nonnegative coefficients, then flipped), ``|x~_j| = sum_i lambda_ji s_{p_ji}`` holds
+exactly, so InstaHide is decoded from absolute values exactly as MixUp is decoded from the
+encodings (Carlini et al. work with ``|x~|`` too). Flipped around a centre ``c`` (InstaHide's
+code: the dataset mean), callers pass ``|x~ - c|`` and the decode is the least-squares
+approximation ``|x~_j - c| ~ sum_i lambda_ji |s_{p_ji} - c|``, exact where the mixed pixels lie
+on the same side of ``c``. Public partners (Inter-InstaHide) are known to the
 attacker and are subtracted, leaving only the private images as unknowns.
 
 Stacking the encodings of T epochs gives a linear system ``A S = B``: ``A`` is the sparse

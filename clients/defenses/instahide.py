@@ -7,13 +7,21 @@
   at the run's ``data.image_size``; it must have the private images' shape). Only
   the private label counts (paper footnote 2): ``y~ = lambda_1 * onehot(y)``.
 
-Then ``x~ = sigma o mix`` with ``sigma`` uniform in {-1, +1}^d, drawn afresh for
-every encoded image of every step. As in InstaHide's own code, pixels are first
-centred to [-1, 1] (``center=True``: the mix is of ``2x - 1``), so the signs hide
-information: ``|x~|`` no longer determines the mix. With ``center=False`` the
-mix of [0, 1] images is sign-flipped, and ``|x~|`` is exactly the MixUp encoding
-(a weaker variant, kept for comparison). The model's own Normalize layer still
-applies to ``x~`` (which lies in [-1, 1]).
+Then the signs of the mix are flipped around a per-channel centre ``c``:
+``x~ = c + sigma o (mix - c)`` with ``sigma`` uniform in {-1, +1}^d, drawn afresh
+for every encoded image of every step. ``center`` chooses ``c``:
+
+- ``"mean"`` (default, as InstaHide's own code): the dataset mean, i.e. the mean of
+  the model's Normalize layer. InstaHide normalizes images before mixing and
+  flipping, so after the model's Normalize the network sees ``sigma o z`` with ``z``
+  the mix of normalized images, and clean (normalized) test images stay in the
+  training distribution: the model is evaluated on plain test images, as there.
+- ``"half"``: ``c = 0.5`` (pixels centred to [-1, 1] before flipping, rescaled).
+- ``"zero"``: ``c = 0``: the mix of [0, 1] images is sign-flipped and ``|x~|`` is
+  exactly the MixUp encoding (a weaker variant, kept for comparison).
+
+``|x~ - c| = |mix - c|`` whatever the signs: that is what an attacker without the
+signs can hope to recover (Carlini et al. work on such magnitudes).
 
 Keys (ground-truth sidecar only): ``keys/partners`` and ``keys/coeffs`` as in
 :mod:`clients.defenses.mixup` (for ``inter``, columns 1.. index the public set),
@@ -22,12 +30,12 @@ and ``keys/signs`` (N, C, H, W) int8.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
-from torch import Tensor
+from pydantic import Field, field_validator
+from torch import Tensor, nn
 
 from clients.defenses.base import BuildContext, EncodeContext, config_error
 from clients.defenses.mixup import MixParams, MixUp, mix, sample_coefficients, sample_partners
@@ -38,7 +46,27 @@ class InstaHideParams(MixParams):
     name: Literal["instahide"] = "instahide"
     variant: Literal["intra", "inter"] = "intra"
     public: str = Field("cifar100-sample", min_length=1, description="public dataset for variant='inter'")
-    center: bool = Field(True, description="mix pixels centred to [-1, 1], as InstaHide's code does")
+    center: Literal["mean", "half", "zero"] = Field("mean", description="value the signs flip around (InstaHide's code: the dataset mean)")
+
+    @field_validator("center", mode="before")
+    @classmethod
+    def _legacy_bool(cls, value: Any) -> Any:
+        # Earlier configs said center = true (pixels centred to [-1, 1]) / false (no centring).
+        return {True: "half", False: "zero"}.get(value, value) if isinstance(value, bool) else value
+
+
+def sign_center(center: str, model: nn.Module | None, channels: int) -> Tensor:
+    """The per-channel centre (1, C, 1, 1) the signs flip around; ``"mean"`` reads the model's Normalize."""
+    if center == "zero":
+        return torch.zeros(1, channels, 1, 1)
+    if center == "half":
+        return torch.full((1, channels, 1, 1), 0.5)
+    from fl_sim.models import Normalize
+
+    norm = next((m for m in model.modules() if isinstance(m, Normalize)), None) if model is not None else None
+    if norm is None:
+        raise ValueError("instahide center='mean' needs a model with a Normalize layer (or use center='half')")
+    return norm.mean.detach().cpu().reshape(1, -1, 1, 1).clone()
 
 
 def random_signs(shape: tuple[int, ...], rng: torch.Generator) -> Tensor:
@@ -47,12 +75,17 @@ def random_signs(shape: tuple[int, ...], rng: torch.Generator) -> Tensor:
 
 @register_defense("instahide", kind="encoder", params=InstaHideParams)
 class InstaHide(MixUp):
-    def __init__(self, params: InstaHideParams, context: BuildContext | None = None) -> None:
+    def __init__(self, params: InstaHideParams, context: BuildContext | None = None, *, model: nn.Module | None = None) -> None:
         super().__init__(params, context)
         self.variant = params.variant
         self.public_name = params.public
         self.public_x: Tensor | None = None
-        self.center = params.center
+        self.center_name = params.center
+        channels = context.input_shape[0] if context is not None else 1
+        try:
+            self.center = sign_center(params.center, model if model is not None else (context.model if context else None), channels)
+        except ValueError as exc:
+            raise config_error(f"{context.key if context else 'instahide'}.center", str(exc)) from None
         if self.variant == "inter":
             self.public_x = load_public_images(params.public, context)
 
@@ -70,11 +103,12 @@ class InstaHide(MixUp):
                 "keys/partners": np.concatenate([np.asarray(context.indices, np.int64)[:, None], partners], axis=1),
                 "keys/coeffs": coeffs.numpy(),
             }
-        if self.center:  # coefficients sum to 1, so mixing 2x - 1 is 2 * mix - 1
-            mixed = 2 * mixed - 1
         signs = random_signs(tuple(mixed.shape), rng)
         keys["keys/signs"] = signs.numpy()
-        return signs.to(mixed.dtype) * mixed, labels, keys
+        c = self.center.to(mixed.dtype)
+        if c.shape[1] != mixed.shape[1]:
+            c = c.expand(1, mixed.shape[1], 1, 1)
+        return c + signs.to(mixed.dtype) * (mixed - c), labels, keys
 
 
 def load_public_images(name: str, context: BuildContext | None) -> Tensor:
