@@ -79,40 +79,6 @@ def _score_foreign(run_dir: Path, obs: Observation, images: torch.Tensor, foreig
     return out
 
 
-def run_trap_recovery(run_dir: Path, target: AttackTarget) -> AttackOutcome:
-    """A malicious server's analytic recovery from a reply to trapped weights (no optimisation)."""
-    from adversary.malicious import recover_from_trap
-    from adversary.metrics import psnr
-
-    obs = observe(run_dir, target.messages[0])  # the model as sent: the trapped weights
-    update = obs.update
-    if obs.update_kind != "gradient":  # a one-step update works too: the ratio cancels -lr
-        update = {k: v - obs.model.state_dict()[k] for k, v in obs.observed_delta().items()} if obs.update_kind == "weights" else update
-    rec = recover_from_trap(update, obs.model, obs.image_shape)
-    candidates = rec.images.clamp(0, 1)
-    metrics: dict[str, Any] = {"message": obs.reply.id, "round": obs.round, "client_node": obs.client,
-                               "strategy": target.info.get("strategy", "trap-weights"), "candidates": len(candidates)}
-    truth = _open_truth(run_dir)
-    originals = best = None
-    if truth is not None and len(candidates):
-        originals = private_batch(obs, truth).trained_on
-        scores = torch.stack([psnr(candidates, o.expand_as(candidates)) for o in originals])  # (M, K)
-        best_psnr, best_idx = scores.max(dim=1)
-        best = candidates[best_idx]
-        metrics.update(psnr=best_psnr.tolist(), exact_recovered=int((best_psnr >= 40).sum()), num_images=len(originals))
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = run_dir / ATTACKS_DIR / f"r{obs.round}-m{obs.reply.id}-trap-{stamp}-{secrets.token_hex(2)}"
-    out_dir.mkdir(parents=True)
-    if best is not None:
-        save_grid(out_dir / GRID_PNG, best, originals)
-    elif len(candidates):
-        save_grid(out_dir / GRID_PNG, candidates[:32])
-    save_file({"candidates": candidates.contiguous()}, str(out_dir / "reconstruction.safetensors"))
-    write_json(out_dir / METRICS_JSON, metrics)
-    write_json(out_dir / ATTACK_JSON, {"kind": "trap", "target": list(target.messages), "info": target.info})
-    return AttackOutcome(out_dir, metrics)
-
-
 def run_attack_on_message(
     run_dir: str | Path,
     msg_id: int,
@@ -161,8 +127,11 @@ def run_attack(
     optionally ``client_data`` (``module:fn`` returning a partition's images).
     """
     run_dir = Path(run_dir)
-    if target.kind == "trap":
-        return run_trap_recovery(run_dir, target)
+    if target.kind in ("malicious", "trap"):  # a malicious server's recovery ("trap": earlier job books)
+        from adversary.malicious.recovery import recover_target
+
+        out_dir, metrics = recover_target(run_dir, target, preset, attack_overrides)
+        return AttackOutcome(out_dir, metrics)
     obs = observe_target(run_dir, target, foreign)
     msg_id = obs.reply.id
     threat_model: ThreatModel = threat_model_for(obs, threat)

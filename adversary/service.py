@@ -71,6 +71,14 @@ class AdversaryCore:
             return []
         with TrafficLog.open(self.run_dir) as log:
             targets = self.role.observe(event, TrafficView(log))
+        return self._schedule(targets)
+
+    def on_server_aggregate(self, aggregate: Any) -> list[int]:
+        """The server's own unmasked aggregate of a round (only a malicious server's role uses it)."""
+        observe = getattr(self.role, "observe_aggregate", None)
+        return self._schedule(observe(aggregate)) if observe is not None else []
+
+    def _schedule(self, targets: list[Any]) -> list[int]:
         ids = []
         for target in targets:
             if self.config.max_attacks is not None and self.scheduled >= self.config.max_attacks:
@@ -92,6 +100,10 @@ class ThreadAdversary:
 
     def on_intercept(self, event: Intercept) -> None:
         for job in self.core.on_intercept(event):
+            self.futures.append(self.pool.submit(execute_job, self.core.run_dir, job))
+
+    def on_server_aggregate(self, aggregate: Any) -> None:
+        for job in self.core.on_server_aggregate(aggregate):
             self.futures.append(self.pool.submit(execute_job, self.core.run_dir, job))
 
     def finish(self, wait: bool) -> dict[str, int]:
@@ -138,7 +150,13 @@ def _ray_classes() -> tuple[Any, Any]:
             self.next = 0
 
         def on_intercept(self, event: Intercept) -> int:
-            for job in self.core.on_intercept(event):
+            return self._dispatch(self.core.on_intercept(event))
+
+        def on_server_aggregate(self, aggregate: Any) -> int:
+            return self._dispatch(self.core.on_server_aggregate(aggregate))
+
+        def _dispatch(self, jobs: list[int]) -> int:
+            for job in jobs:
                 worker = self.workers[self.next % len(self.workers)]
                 self.next += 1
                 self.refs.append(worker.run.remote(self.core.run_dir, job))
@@ -181,6 +199,9 @@ class RayAdversary:
 
     def on_intercept(self, event: Intercept) -> None:
         self.actor.on_intercept.remote(event)  # fire and forget: training does not wait
+
+    def on_server_aggregate(self, aggregate: Any) -> None:
+        self.actor.on_server_aggregate.remote(aggregate)
 
     def finish(self, wait: bool) -> dict[str, int]:
         import ray

@@ -9,6 +9,13 @@ Message contract (Flower Message API):
 Tensors listed by :meth:`fl_sim.task.Task.local_keys` never enter a reply; they
 persist across rounds in ``context.state``.
 
+Server-defined architectures: an instruction may carry an ``architecture`` spec and
+the tensors of a block it inserts (:mod:`fl_sim.models.server_defined`). Clients
+build and train it only where the deployment works that way
+(``federation.model_from_server``); otherwise they refuse the round with an error.
+A vetting defense (kind ``vet``) inspects the received model before training and may
+have the client refuse: it then reports zero examples and an unchanged model.
+
 Defenses (``config.defenses``, :mod:`clients.defenses`) run here: the batch
 encoder on each batch before its step, the gradient-step hook inside the step,
 the update transforms on the outgoing update (FedSGD: the gradients; FedAvg: the
@@ -32,12 +39,18 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from adversary.ground_truth import record_private_batch
-from clients.defenses import EncodeContext, RoundContext, RoundDefenses, build_defenses
+from clients.defenses import EncodeContext, RoundContext, RoundDefenses, VetContext, VetReport, build_defenses
 from clients.training import LocalResult, evaluate, fedavg_steps, fedsgd_step, sample_batches
 from fl_sim.config import RunConfig
+from fl_sim.models.server_defined import ARCHITECTURE_KEY, apply_architecture
 from fl_sim.task import Task, load_task
 
 LOCAL_STATE = "fl-sim-local"
+LAST_RECEIVED = "fl-sim-last-received"  # the agreed tensors received last time (vetting compares)
+
+
+class ArchitectureRefused(RuntimeError):
+    """The server asked for an architecture this deployment does not let it define."""
 
 
 def _to_record(tensors: dict[str, torch.Tensor]) -> ArrayRecord:
@@ -76,25 +89,83 @@ class ClientRuntime:
         return self.model
 
     def train(self, message: Message, context: Context) -> Message:
+        config = dict(message.content["config"])
         content = self.train_content(
             message.content["arrays"].to_torch_state_dict(),
-            int(message.content["config"]["server-round"]),
+            int(config["server-round"]),
             context,
             instruction_id=message.metadata.message_id,
+            server_config=config,
         )
         return Message(content=content, reply_to=message)
 
+    def _server_defined(self, model: nn.Module, spec: str | None, extra: dict[str, torch.Tensor]) -> nn.Module:
+        """The model with the server's inserted block and its weights, where the deployment allows it."""
+        if not self.config.federation.model_from_server:
+            what = "an architecture change" if spec else f"unknown tensors {sorted(extra)[:3]}"
+            raise ArchitectureRefused(f"the server sent {what}; this deployment does not let the server define "
+                                      "the model (federation.model_from_server = false)")
+        if not spec:
+            raise ArchitectureRefused(f"the server sent tensors outside the model {sorted(extra)[:3]} without an architecture")
+        built = apply_architecture(model, spec, self.task.dataset.input_shape)
+        built.load_state_dict({**built.state_dict(), **extra})
+        return built
+
+    def _vet(self, defenses: RoundDefenses, model: nn.Module, received: dict[str, torch.Tensor], spec: str | None,
+             rnd: int, partition: int, context: Context) -> VetReport | None:
+        if self.defenses.vetter is None:
+            return None
+        own = {k: v for k, v in received.items() if k in self.initial}
+        previous = context.state[LAST_RECEIVED].to_torch_state_dict() if LAST_RECEIVED in context.state else None
+        params = self.defenses.vetter.params
+        pool = self.task.partitions[partition]
+        probe = self.task.dataset.train_x[np.asarray(pool[: params.probe_images])]
+        report = defenses.vet(VetContext(round=rnd, model=model, received=dict(received), agreed_keys=frozenset(self.initial),
+                                         architecture=spec, previous=previous, probe=probe))
+        context.state[LAST_RECEIVED] = _to_record(own)
+        return report
+
+    def _refusal(self, model: nn.Module, received: dict[str, torch.Tensor], report: VetReport, defenses: RoundDefenses) -> RecordDict:
+        """A reply that contributes nothing: zero examples, zero gradient / unchanged weights."""
+        cfg = self.config.federation
+        shared = [k for k in self.task.shared_keys(model) if k in received]
+        content = RecordDict()
+        if cfg.protocol == "fedsgd":
+            params = dict(model.named_parameters())
+            content["arrays"] = _to_record({k: torch.zeros_like(params[k]) for k in shared if k in params})
+            buffers = {k: received[k] for k in shared if k not in params}
+            if buffers:
+                content["buffers"] = _to_record(buffers)
+        elif cfg.upload == "delta":
+            content["arrays"] = _to_record({k: torch.zeros_like(received[k]) for k in shared})
+        else:
+            content["arrays"] = _to_record({k: received[k] for k in shared})
+        metrics = {"num-examples": 0, "train-loss": 0.0, "compute-s": 0.0, **report.metrics(), "defense-s": defenses.seconds}
+        content["metrics"] = MetricRecord(metrics)
+        return content
+
     def train_content(
-        self, received: dict[str, torch.Tensor], rnd: int, context: Context, *, instruction_id: str
+        self, received: dict[str, torch.Tensor], rnd: int, context: Context, *, instruction_id: str,
+        server_config: dict | None = None,
     ) -> RecordDict:
         """One round of local training from the global tensors ``received``: the reply's content.
 
         Shared by the Message-API ClientApp and the SecAgg+ (legacy NumPyClient) one;
-        ``instruction_id`` keys the ground-truth sidecar entry."""
+        ``instruction_id`` keys the ground-truth sidecar entry; ``server_config`` is the
+        instruction's config (it may define the architecture)."""
         cfg = self.config.federation
         partition = int(context.node_config["partition-id"])
         data = self.task.dataset
-        model = self._fresh_model(received, context)
+        spec = (server_config or {}).get(ARCHITECTURE_KEY) or None
+        extra = {k: v for k, v in received.items() if k not in self.initial}
+        model = self._fresh_model({k: v for k, v in received.items() if k in self.initial}, context)
+        if spec or extra:
+            model = self._server_defined(model, spec, extra)
+        defenses = self.defenses.for_round(seed=self.config.seed, round=rnd, partition=partition)
+        report = self._vet(defenses, model, received, spec, rnd, partition, context)
+        if report is not None and report.refuse:
+            self._record_ground_truth(instruction_id, context, partition, rnd, LocalResult(0.0, 0, 0.0, []))
+            return self._refusal(model, received, report, defenses)
         local_keys = self.task.local_keys(model)
         steps = 1 if cfg.protocol == "fedsgd" else cfg.local_steps
         batches = [
@@ -108,7 +179,6 @@ class ClientRuntime:
                 partition=partition,
             )
         ]
-        defenses = self.defenses.for_round(seed=self.config.seed, round=rnd, partition=partition)
         encoded = [self._encode(defenses, x, y, idx, partition) for x, y, idx in batches]
         grad_fn = defenses.grad_fn()
         content = RecordDict()
@@ -135,6 +205,8 @@ class ClientRuntime:
                 shared.update({k: received[k] + d for k, d in delta.items()})
             content["arrays"] = _to_record(shared)
         metrics = {"num-examples": result.num_examples, "train-loss": result.loss, "compute-s": result.compute_s}
+        if report is not None:
+            metrics.update(report.metrics())
         if self.defenses:
             metrics.update(
                 defenses.round_metrics(

@@ -34,6 +34,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from clients.app import _runtime
 from fl_sim.config import RunConfig
+from fl_sim.models.server_defined import ARCHITECTURE_KEY, apply_architecture, inserted_keys
 
 log = logging.getLogger("fl_sim.secagg")
 
@@ -63,25 +64,36 @@ class SecAggClient(NumPyClient):
         self.node_context = context
         self.keys = self.runtime.task.shared_keys(self.runtime.model)
 
-    def _received(self, parameters: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        if len(parameters) != len(self.keys):
-            raise ValueError(f"expected {len(self.keys)} global tensors, got {len(parameters)}")
-        return {k: torch.from_numpy(np.array(a, copy=True)) for k, a in zip(self.keys, parameters)}
+    def _keys_for(self, config: dict) -> list[str]:
+        """Wire order: the shared keys, then those of a block a server-defined architecture inserts."""
+        spec = config.get(ARCHITECTURE_KEY)
+        if not spec:
+            return self.keys
+        built = apply_architecture(self.runtime.model, str(spec), self.runtime.task.dataset.input_shape)
+        return [*self.keys, *inserted_keys(built, str(spec))]
+
+    def _received(self, parameters: list[np.ndarray], keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+        keys = keys or self.keys
+        if len(parameters) != len(keys):
+            raise ValueError(f"expected {len(keys)} global tensors, got {len(parameters)}")
+        return {k: torch.from_numpy(np.array(a, copy=True)) for k, a in zip(keys, parameters)}
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
         state = self.node_context.state
         instruction = str(state[INSTRUCTION_STATE][INSTRUCTION_KEY]) if INSTRUCTION_STATE in state else ""
+        keys = self._keys_for(config)
         content = self.runtime.train_content(
-            self._received(parameters), int(config["server-round"]), self.node_context, instruction_id=instruction
+            self._received(parameters, keys), int(config["server-round"]), self.node_context, instruction_id=instruction,
+            server_config=dict(config),
         )
         update = content["arrays"].to_torch_state_dict()
         if "buffers" in content:
             update.update(content["buffers"].to_torch_state_dict())
-        if set(update) != set(self.keys):
-            raise RuntimeError(f"update keys differ from the shared keys: {sorted(set(update) ^ set(self.keys))}")
+        if set(update) != set(keys):
+            raise RuntimeError(f"update keys differ from the shared keys: {sorted(set(update) ^ set(keys))}")
         metrics = {k: _scalar(v) for k, v in content["metrics"].items()}
         num_examples = int(metrics["num-examples"])
-        arrays = [update[k].detach().cpu().numpy() for k in self.keys]
+        arrays = [update[k].detach().cpu().numpy() for k in keys]
         # secaggplus_mod clips (num_examples / max_weight) * value to +-clipping_range, silently.
         largest = max((float(np.abs(a).max()) for a in arrays if a.size), default=0.0) * num_examples / self.max_weight
         if largest > self.clipping_range:

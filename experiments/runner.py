@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,10 +87,20 @@ def run_experiment(
     overrides: list[str] | None = None,
     out_root: str | Path = "runs",
     progress: Callable[[str], None] = lambda _msg: None,
+    only: list[str] | None = None,
 ) -> ExperimentOutcome:
+    """Run the missing cells (or, with ``only``, those whose names match one of the globs; cached
+    cells of the same settings are reported too, so split runs merge in one directory)."""
     settings = resolve_settings(name, preset, overrides or [])
     exp = get_experiment(name)
     cells = exp.cells(settings)
+    if only:
+        chosen = [c for c in cells if any(fnmatch.fnmatchcase(c.name, pattern) for pattern in only)]
+        if not chosen:
+            raise ExperimentError(f"--only: no cell of {name} --preset {preset} matches {', '.join(only)}; "
+                                  f"cells look like {', '.join(c.name for c in cells[:3])}")
+    else:
+        chosen = cells
     out_dir = experiment_dir(Path(out_root), name, preset, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / SETTINGS_JSON, {"experiment": name, "preset": preset, "settings": settings,
@@ -103,6 +114,8 @@ def run_experiment(
         if hit is not None:
             results[cell.name] = hit["result"]
             cached += 1
+            continue
+        if cell not in chosen:
             continue
         progress(f"[{i}/{len(cells)}] {cell.name}")
         start = time.perf_counter()

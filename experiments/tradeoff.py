@@ -111,7 +111,7 @@ SMOKE: dict[str, Any] = {
     "data": {"name": "mnist-5k", "root": ""},
     "model": {"name": "convnet", "options": {"width": 16}},
     "defenses": SMOKE_DEFENSES,
-    "utility": {"num_clients": 4, "rounds": 5, "local_steps": 25, "batch_size": 32, "lr": 0.1},
+    "utility": {"num_clients": 4, "rounds": 15, "local_steps": 25, "batch_size": 32, "lr": 0.1},
     "attack": {"batch_sizes": [1, 4], "images": 4, "epochs": 2, "iterations": 200, "preset": "huang-eq3",
                "attackers": ["strongest"]},
 }

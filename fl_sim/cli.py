@@ -269,7 +269,7 @@ def _cmd_experiment_run(args: argparse.Namespace, console: Console) -> None:
 
     try:
         outcome = run_experiment(args.name, args.preset, args.set or [], args.out or "runs",
-                                 progress=lambda msg: console.print(msg, highlight=False))
+                                 progress=lambda msg: console.print(msg, highlight=False), only=args.only)
     except (ExperimentError, DataError, ModelError) as exc:  # cells load data and models themselves
         raise UserError(str(exc)) from None
     _print_tables(console, outcome.tables)
@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--preset", default="smoke")
     er.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset setting (repeatable)")
     er.add_argument("--out", help="parent folder (default: runs); results go to OUT/experiments/NAME-PRESET-HASH")
+    er.add_argument("--only", action="append", metavar="GLOB",
+                    help="run only the cells whose names match (repeatable), e.g. 'attack/strongest/b1/*'; "
+                         "split a preset across machines, then merge with 'report'")
     er.set_defaults(func=_cmd_experiment_run)
     ep = esub.add_parser("report", help="re-render an experiment's tables and figures")
     ep.add_argument("run_dir")

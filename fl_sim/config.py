@@ -51,6 +51,9 @@ class FederationConfig(_Section):
     fedbn: bool = True
     upload: Literal["weights", "delta"] = "weights"
     secagg: bool = False  # Flower's SecAgg+ (legacy API); parameters in the [secagg] section
+    # The deployment lets the server define the model each round (it ships the architecture, not
+    # only weights): clients build what the instruction's ``architecture`` spec says. Off: they refuse.
+    model_from_server: bool = False
 
     @model_validator(mode="after")
     def _participation(self) -> FederationConfig:

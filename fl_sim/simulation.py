@@ -60,12 +60,11 @@ def validate_adversary(config: RunConfig) -> None:
     except (RoleError, AttackConfigError) as exc:
         raise ConfigError(str(exc).replace("\n", " ")) from None
     if config.adversary.role == "malicious-server":
-        from adversary.malicious.server import build_manipulation
+        from adversary.malicious.from_config import strategy_from_config
         from adversary.malicious.threat import MaliciousServerError
 
-        task = load_task(config)
         try:
-            build_manipulation(dict(config.adversary.options), model=task.new_model(), input_shape=task.dataset.input_shape)
+            strategy_from_config(config)
         except MaliciousServerError as exc:
             raise ConfigError(str(exc)) from None
     for key in config.adversary.threat:

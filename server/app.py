@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -24,15 +25,13 @@ def _start_adversary(config: RunConfig, run_path: Path):  # noqa: ANN202
     return start_adversary(run_path, config.adversary, context, config.engine.name)
 
 
-def _manipulation(config: RunConfig):  # noqa: ANN202
-    """A malicious server's manipulation of the weights it sends, if that is the role."""
+def _manipulation(config: RunConfig, run_path: Path | None, adversary: Any):  # noqa: ANN202
+    """A malicious server's strategy (what it sends; the aggregates it sees go to the adversary), if that is the role."""
     if config.adversary.role != "malicious-server":
         return None
-    from adversary.malicious.server import build_manipulation
-    from fl_sim.task import load_task
+    from adversary.malicious.from_config import manipulation_from_config
 
-    task = load_task(config)
-    return build_manipulation(dict(config.adversary.options), model=task.new_model(), input_shape=task.dataset.input_shape)
+    return manipulation_from_config(config, run_path, adversary.on_server_aggregate if adversary is not None else None)
 
 
 def make_server_app(
@@ -54,13 +53,15 @@ def make_server_app(
                 adversary = _start_adversary(config, run_path)
             grid = TappedGrid(grid, writer, observe=adversary.on_intercept if adversary is not None else None)
         try:
+            manipulation = _manipulation(config, run_path, adversary)
             if config.federation.secagg:
                 from server.secagg import run_secagg  # Flower's legacy SecAgg+ workflow
 
-                result = run_secagg(config, run_path, grid, context, console=Console(stderr=True, quiet=quiet))
+                result = run_secagg(config, run_path, grid, context, console=Console(stderr=True, quiet=quiet),
+                                    manipulation=manipulation)
             else:
                 result = FederatedLoop(config, run_path, console=Console(stderr=True, quiet=quiet),
-                                       manipulation=_manipulation(config)).run(grid)
+                                       manipulation=manipulation).run(grid)
         finally:
             if adversary is not None:
                 states = adversary.finish(config.adversary.wait)

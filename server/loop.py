@@ -88,28 +88,43 @@ class FederatedLoop:
         self.state = {k: sd[k].clone() for k in self.shared_keys}
         self.console = console or Console(stderr=True)
 
-    def _instructions(self, nodes: list[int], rnd: int, message_type: str) -> list[Message]:
+    def sent_state(self, rnd: int, message_type: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The tensors and extra config sent for ``message_type`` in round ``rnd``: the honest
+        global model, or a malicious server's broadcast (its agreed tensors, then any inserted
+        block's, in that order)."""
+        if self.manipulation is None or message_type != "train":
+            return self.state, {}
+        self.model.load_state_dict(self.state, strict=False)
+        broadcast = self.manipulation.broadcast(rnd, self.model)
+        if broadcast is None:
+            return self.state, {}
+        own = set(self.model.state_dict())
+        keys = [*self.shared_keys, *(k for k in broadcast.state if k not in own)]
+        return {k: broadcast.state[k] for k in keys}, dict(broadcast.config)
+
+    def manipulated(self, rnd: int) -> bool:
+        """A malicious server sent a model of its own making this round: the replies answer that
+        model, not the global one, so it keeps its global model as it was."""
+        return self.manipulation is not None and rnd in self.manipulation.sent
+
+    def round_config(self, rnd: int) -> dict[str, Any]:
         fed = self.config.federation
-        sent = self.state
-        if self.manipulation is not None and message_type == "train":
-            self.model.load_state_dict(self.state, strict=False)
-            altered = self.manipulation.weights_for(rnd, self.model)
-            if altered is not None:
-                sent = {k: altered[k] for k in self.shared_keys}
+        return {
+            "server-round": rnd,
+            "lr": fed.lr,
+            "local-steps": fed.local_steps if fed.protocol == "fedavg" else 1,
+            "batch-size": fed.batch_size,
+            "protocol": fed.protocol,
+        }
+
+    def _instructions(self, nodes: list[int], rnd: int, message_type: str) -> list[Message]:
+        sent, extra = self.sent_state(rnd, message_type)
         messages = []
         for node in nodes:
             content = RecordDict(
                 {
                     "arrays": ArrayRecord({k: v.contiguous() for k, v in sent.items()}),
-                    "config": ConfigRecord(
-                        {
-                            "server-round": rnd,
-                            "lr": fed.lr,
-                            "local-steps": fed.local_steps if fed.protocol == "fedavg" else 1,
-                            "batch-size": fed.batch_size,
-                            "protocol": fed.protocol,
-                        }
-                    ),
+                    "config": ConfigRecord({**self.round_config(rnd), **extra}),
                 }
             )
             messages.append(Message(content=content, dst_node_id=node, message_type=message_type, group_id=str(rnd)))
@@ -169,7 +184,8 @@ class FederatedLoop:
                 picked = rng.choice(len(nodes), size=fed.sampled_per_round, replace=False)
                 sampled = sorted(nodes[i] for i in picked)
                 replies = _replies(list(grid.send_and_receive(self._instructions(sampled, rnd, "train"))), len(sampled))
-                self.state = aggregate(self.state, replies, fed)
+                if not self.manipulated(rnd):
+                    self.state = aggregate(self.state, replies, fed)
                 eval_start = time.perf_counter()
                 eval_loss, eval_acc = self._evaluate(grid, nodes, rnd)
                 eval_s = time.perf_counter() - eval_start

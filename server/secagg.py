@@ -32,6 +32,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,6 +70,7 @@ class _Round:
     clients: int = 0
     eval_start: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
+    keys: list[str] = field(default_factory=list)  # the tensors sent for training, in wire order
 
 
 class SecAggStrategy(Strategy):
@@ -143,8 +145,12 @@ class SecAggStrategy(Strategy):
         rng = np.random.default_rng([self.config.seed, server_round])
         picked = rng.choice(len(nodes), size=fed.sampled_per_round, replace=False)
         sampled = sorted(nodes[i] for i in picked)
-        self._rounds[server_round] = _Round(start=start, sampled=sampled)
-        fit_ins = FitIns(self._parameters(), self._round_config(server_round))
+        # A malicious server may send other tensors (and an inserted block's, appended in order).
+        sent, extra = self.loop.sent_state(server_round, "train")
+        keys = list(sent)
+        self._rounds[server_round] = _Round(start=start, sampled=sampled, keys=keys)
+        parameters = ndarrays_to_parameters([sent[k].detach().cpu().numpy() for k in keys])
+        fit_ins = FitIns(parameters, {**self._round_config(server_round), **extra})
         return [(proxies[node], fit_ins) for node in sampled]
 
     def aggregate_fit(
@@ -164,15 +170,23 @@ class SecAggStrategy(Strategy):
         # them again by num_examples changes nothing (and keeps the plain legacy fit
         # workflow, where each result is one client's update, correct too).
         total = sum(res.num_examples for _, res in results)
+        if total == 0:  # every client refused the round: the model stays
+            state.aggregated, state.clients = True, len(results)
+            return self._parameters(), {}
+        keys = state.keys or self.keys
+        sent, _ = self.loop.sent_state(server_round, "train")
         mean: dict[str, torch.Tensor] = {}
         for _, res in results:
             arrays = parameters_to_ndarrays(res.parameters)
-            if len(arrays) != len(self.keys):
-                raise ClientFailure(f"expected {len(self.keys)} aggregated tensors, got {len(arrays)}")
+            if len(arrays) != len(keys):
+                raise ClientFailure(f"expected {len(keys)} aggregated tensors, got {len(arrays)}")
             weight = res.num_examples / total
-            for key, array in zip(self.keys, arrays):
-                term = torch.from_numpy(np.asarray(array, dtype=np.float64)).reshape(self.loop.state[key].shape) * weight
+            for key, array in zip(keys, arrays):
+                term = torch.from_numpy(np.asarray(array, dtype=np.float64)).reshape(sent[key].shape) * weight
                 mean[key] = mean[key] + term if key in mean else term
+        if self.loop.manipulation is not None:  # the server learns the unmasked mean: a malicious one attacks it
+            self.loop.manipulation.aggregated(server_round, dict(mean), state.sampled, total, self.config.federation.protocol)
+        mean = {k: v for k, v in mean.items() if k in self.loop.state}
         for key, value in mean.items():
             if not self.loop.state[key].is_floating_point():
                 mean[key] = value.round()  # e.g. num_batches_tracked, shared without FedBN
@@ -184,7 +198,8 @@ class SecAggStrategy(Strategy):
                 content["buffers"] = ArrayRecord(buffers)
         else:
             content["arrays"] = ArrayRecord(mean)
-        self.loop.state = aggregate(self.loop.state, [Reply(content, 1)], self.config.federation)
+        if not self.loop.manipulated(server_round):
+            self.loop.state = aggregate(self.loop.state, [Reply(content, 1)], self.config.federation)
         state.aggregated = True
         state.clients = len(results)
         state.train_loss = sum(float(res.metrics["train-loss"]) * res.num_examples for _, res in results) / total
@@ -243,10 +258,13 @@ def secagg_workflow(config: RunConfig) -> SecAggPlusWorkflow:
 
 
 def run_secagg(
-    config: RunConfig, run_dir: Path | None, grid: Grid, context: Context, console: Console | None = None
+    config: RunConfig, run_dir: Path | None, grid: Grid, context: Context, console: Console | None = None,
+    manipulation: Any = None,
 ) -> TrainingResult:
-    """All rounds under SecAgg+ on ``grid`` (tapped or not); returns what FederatedLoop.run would."""
-    loop = FederatedLoop(config, run_dir, console=console)
+    """All rounds under SecAgg+ on ``grid`` (tapped or not); returns what FederatedLoop.run would.
+
+    ``manipulation``: a malicious server's strategy (:class:`adversary.malicious.record.Manipulation`)."""
+    loop = FederatedLoop(config, run_dir, console=console, manipulation=manipulation)
     strategy = SecAggStrategy(config, loop)
     legacy = LegacyContext(context, config=ServerConfig(num_rounds=config.federation.rounds), strategy=strategy)
     DefaultWorkflow(fit_workflow=secagg_workflow(config))(grid, legacy)

@@ -31,6 +31,8 @@ def weighted_mean(replies: Sequence[Reply], record: str) -> State:
         raise ValueError("aggregation: clients reported no examples")
     acc: dict[str, torch.Tensor] = {}
     for reply in replies:
+        if reply.num_examples == 0:  # a client that refused the round (e.g. its vetting defense)
+            continue
         weight = reply.num_examples / total
         for key, value in reply.content[record].to_torch_state_dict().items():
             term = value.to(torch.float64) * weight
@@ -54,22 +56,27 @@ def register(name: str) -> Callable[[Aggregator], Aggregator]:
     return wrap
 
 
+def _ours(mean: State, state: State) -> State:
+    """Only the global model's tensors (a malicious server's inserted block feeds its attack, not the model)."""
+    return {k: v for k, v in mean.items() if k in state}
+
+
 @register("fedsgd")
 def fedsgd(state: State, replies: Sequence[Reply], cfg: FederationConfig) -> State:
     """w <- w - lr * mean(g); running statistics (if sent) are averaged."""
-    grad = weighted_mean(replies, "arrays")
+    grad = _ours(weighted_mean(replies, "arrays"), state)
     new = dict(state)
     for key, g in grad.items():
         new[key] = (state[key].to(torch.float64) - cfg.lr * g).to(state[key].dtype)
     if all("buffers" in r.content for r in replies):
-        new.update(_cast_like(weighted_mean(replies, "buffers"), state))
+        new.update(_cast_like(_ours(weighted_mean(replies, "buffers"), state), state))
     return new
 
 
 @register("fedavg")
 def fedavg(state: State, replies: Sequence[Reply], cfg: FederationConfig) -> State:
     """Mean of the clients' weights, or w + mean(delta) when clients upload deltas."""
-    mean = weighted_mean(replies, "arrays")
+    mean = _ours(weighted_mean(replies, "arrays"), state)
     if cfg.upload == "delta":
         mean = {k: state[k].to(torch.float64) + v for k, v in mean.items()}
     new = dict(state)
@@ -78,4 +85,9 @@ def fedavg(state: State, replies: Sequence[Reply], cfg: FederationConfig) -> Sta
 
 
 def aggregate(state: State, replies: Sequence[Reply], cfg: FederationConfig) -> State:
-    return AGGREGATORS[cfg.protocol](state, replies, cfg)
+    """The next global state; clients that trained on nothing (refused the round) do not count,
+    and when every client refused, the state stays as it was."""
+    counted = [r for r in replies if r.num_examples > 0]
+    if not counted:
+        return dict(state)
+    return AGGREGATORS[cfg.protocol](state, counted, cfg)

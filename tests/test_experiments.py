@@ -96,3 +96,21 @@ def test_paper_presets_start_and_stop_cleanly_without_cifar10(name: str, tmp_pat
     code = main(["experiment", "run", name, "--preset", "paper", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: data.root:") and len(err.splitlines()) == 1
+
+
+def test_paper_preset_runs_its_cells_on_resnet18_with_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The paper preset's own pipeline (ResNet-18 with BatchNorm, both attackers) runs; here on the real
+    CIFAR-10 test images that ship offline, for a few iterations, and only the cells asked for."""
+    args = ["experiment", "run", "tradeoff", "--preset", "paper", "--out", str(tmp_path),
+            "--set", "data.name=cifar10-sample", "--set", "attack.iterations=3", "--set", "attack.images=1",
+            "--only", "attack/*/b1/none"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 cells run, 0 from cache" in out
+    tables = {t.name: t for t in report_experiment(next((tmp_path / "experiments").iterdir()))[0]}
+    for attacker in ("strongest", "realistic"):
+        rows = {r[0]: r[1:] for r in tables[f"table_{attacker}"].rows}
+        assert len(rows["bs=1 LPIPS avg"]) == 13  # the paper's 13 defense columns
+        assert 0 <= rows["bs=1 LPIPS avg"][0] <= 1.5 and rows["bs=16 LPIPS avg"][0] is None  # only b1/none ran
+    assert main([*args[:-1], "attack/b9/*"]) == 2
+    assert "--only: no cell of tradeoff --preset paper matches attack/b9/*" in capsys.readouterr().err

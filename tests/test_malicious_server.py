@@ -21,7 +21,7 @@ TRAP = ("data.name=cifar10-sample", "model.name=mlp", "model.options={hidden=100
 def test_trap_weights_through_the_loop_recover_private_images_exactly(tiny) -> None:
     out = run_simulation(tiny(*TRAP, "federation.rounds=1"))
     jobs = JobBook(out.run_dir).jobs()
-    assert len(jobs) == 1 and jobs[0].state == "done" and jobs[0].target.kind == "trap"
+    assert len(jobs) == 1 and jobs[0].state == "done" and jobs[0].target.kind == "malicious"
     metrics = json.loads((Path(jobs[0].out_dir) / "metrics.json").read_text())
     assert metrics["num_images"] == 16
     assert metrics["exact_recovered"] >= 8, metrics["psnr"]  # PSNR >= 40 dB; 13 of 16 when calibrated

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from adversary.malicious.trap_weights import layer_grads
+from fl_sim.models.server_defined import InputResidualBlock
 
 
 def brightness_thresholds(public_images: Tensor, num_bins: int, *, distribution: str = "normal") -> Tensor:
@@ -49,30 +50,42 @@ def brightness_thresholds(public_images: Tensor, num_bins: int, *, distribution:
     return c.float()
 
 
-class ImprintBlock(nn.Module):
-    """Linear imprint layer (k bins on mean brightness) + residual map back to the input."""
+def imprint_weights(input_shape: tuple[int, int, int], thresholds: Tensor, *, gain: float = 1e-3, scale: float = 1.0,
+                    seed: int = 0) -> dict[str, Tensor]:
+    """``enc.weight``, ``enc.bias``, ``dec.weight`` of an input-residual block that bins images by brightness.
+
+    Unit j computes ``scale * (m(x) - c_j)``; the decoder's columns are ``gain * v``. The
+    ratio ``dW_j / db_j = x`` holds for any scale and gain, but they set the magnitudes:
+    the gradients grow with ``gain`` (what survives a secure aggregation's quantization),
+    the input shift with ``gain * scale`` (how much the rest of the model is disturbed),
+    and a local SGD step moves the thresholds by about ``lr * gain / scale`` relative
+    (what FedAvg's later local steps see)."""
+    d = math.prod(input_shape)
+    k = int(thresholds.numel())
+    if k < 1 or not bool((thresholds[1:] > thresholds[:-1]).all()):
+        raise ValueError("thresholds must be a non-empty increasing sequence")
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.randn(d, generator=gen) * gain
+    return {
+        "enc.weight": torch.full((k, d), scale / d),
+        "enc.bias": -scale * thresholds.float().clone(),
+        "dec.weight": v[:, None].expand(d, k).contiguous(),  # identical columns
+    }
+
+
+class ImprintBlock(InputResidualBlock):
+    """Linear imprint layer (k bins on mean brightness) + residual map back to the input.
+
+    The same layer shape as the generic block a server may insert
+    (:class:`fl_sim.models.server_defined.InputResidualBlock`), with imprint weights."""
 
     def __init__(self, input_shape: tuple[int, int, int], thresholds: Tensor, *, gain: float = 1e-3, seed: int = 0) -> None:
-        super().__init__()
-        self.input_shape = tuple(input_shape)
-        d = math.prod(self.input_shape)
-        k = int(thresholds.numel())
-        if k < 1 or not bool((thresholds[1:] > thresholds[:-1]).all()):
-            raise ValueError("thresholds must be a non-empty increasing sequence")
-        self.num_bins = k
-        self.enc = nn.Linear(d, k, bias=True)
-        self.dec = nn.Linear(k, d, bias=False)
-        gen = torch.Generator().manual_seed(seed)
-        v = torch.randn(d, generator=gen) * gain
+        weights = imprint_weights(tuple(input_shape), thresholds, gain=gain, seed=seed)
+        super().__init__(input_shape, int(thresholds.numel()))
+        self.num_bins = self.hidden
         with torch.no_grad():
-            self.enc.weight.fill_(1.0 / d)
-            self.enc.bias.copy_(-thresholds.float())
-            self.dec.weight.copy_(v[:, None].expand(d, k))  # identical columns
-
-    def forward(self, x: Tensor) -> Tensor:
-        flat = x.flatten(1)
-        h = torch.relu(self.enc(flat))
-        return x + self.dec(h).view_as(x)
+            for name, value in weights.items():
+                self.get_parameter(name).copy_(value)
 
 
 class ImprintedModel(nn.Module):
@@ -90,7 +103,7 @@ class ImprintedModel(nn.Module):
 @torch.no_grad()
 def recover_from_imprint(
     grads: Mapping[str, Tensor] | tuple[Tensor, Tensor],
-    block: ImprintBlock,
+    block: InputResidualBlock,
     *,
     prefix: str = "imprint.",
     rel_eps: float = 1e-6,

@@ -1,75 +1,207 @@
-"""Malicious-server manipulations inside the federation: what the server sends.
+"""Malicious-server strategies inside the federation: what the server sends.
 
-A manipulation decides, per round, the weights the server broadcasts for
-training (``None``: the honest global model). The server keeps aggregating its
-honest model; only what it sends is altered. Chosen by name
-(``adversary.options.strategy`` of the ``malicious-server`` role).
+A strategy decides, per round, what the server broadcasts for training instead of
+the honest global model (``None``: the honest one). The server keeps aggregating
+its honest model from the agreed tensors; whatever else clients return (an
+inserted block's gradients) only feeds the attack. Chosen by name
+(``adversary.options.strategy`` of the ``malicious-server`` role); each declares
+the server control it needs (:mod:`adversary.malicious.threat`), checked against
+what the deployment grants before the run starts.
+
+- ``trap-weights`` (weights only): trap rows on the first Linear layer.
+- ``fishing`` (weights only): the classifier edited so one class dominates the gradient.
+- ``imprint`` (architecture control): an input block binning images by brightness,
+  its thresholds from public data (by default the server's own evaluation split).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from adversary.malicious.threat import MaliciousServerError, ServerControl, require
+from adversary.malicious.fishing import fish, last_linear
+from adversary.malicious.imprint import brightness_thresholds, imprint_weights
+from adversary.malicious.threat import ATTACKS, MaliciousServerError, Requirement, ServerControl, require
 from adversary.malicious.trap_weights import first_linear_layer, trap_weights_
+from fl_sim.models.server_defined import ARCHITECTURE_KEY, architecture_spec
+
+IMPRINT_BLOCK = "input_block"  # the inserted block's name: its tensors travel as input_block.*
 
 
-class ServerManipulation(Protocol):
+@dataclass
+class Broadcast:
+    """What the server sends for training in one round in place of the honest model."""
+
+    state: dict[str, Tensor]  # the agreed tensors (possibly altered) plus any inserted block's
+    config: dict[str, Any] = field(default_factory=dict)  # extra instruction config (e.g. the architecture)
+    info: dict[str, Any] = field(default_factory=dict)  # the strategy's choices, for the run directory
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """What the server knows when it builds a strategy: the task it runs and its own data."""
+
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    batch_size: int
+    images_per_update: int  # batch size x local steps the server asks for
+    public_images: Callable[[str], Tensor]  # "test" (its evaluation split) or a dataset name -> images in [0, 1]
+    seed: int = 0
+
+
+class ServerStrategy(Protocol):
     name: str
+    requirement: Requirement
 
-    def weights_for(self, round: int, model: nn.Module) -> dict[str, torch.Tensor] | None:
-        """The state to broadcast this round (``model`` holds the honest global weights)."""
+    def broadcast(self, round: int, model: nn.Module) -> Broadcast | None:
+        """What to send this round (``model`` holds the honest global weights); None: the honest model."""
         ...
 
 
-MANIPULATIONS: dict[str, Callable[..., ServerManipulation]] = {}
+STRATEGIES: dict[str, Callable[..., ServerStrategy]] = {}
 
 
-def register(name: str) -> Callable[[Callable[..., ServerManipulation]], Callable[..., ServerManipulation]]:
-    def wrap(factory: Callable[..., ServerManipulation]) -> Callable[..., ServerManipulation]:
-        MANIPULATIONS[name] = factory
+def register(name: str) -> Callable[[Callable[..., ServerStrategy]], Callable[..., ServerStrategy]]:
+    def wrap(factory: Callable[..., ServerStrategy]) -> Callable[..., ServerStrategy]:
+        STRATEGIES[name] = factory
         return factory
 
     return wrap
 
 
+class _Rounds:
+    """Manipulate only ``rounds`` (all rounds when empty)."""
+
+    rounds: list[int]
+
+    def active(self, round: int) -> bool:
+        return not self.rounds or round in self.rounds
+
+
 @register("trap-weights")
-class TrapWeightsServer:
-    """Boenisch et al. 2023: trap weights on the first linear layer in the chosen rounds
-    (weights-only control: works on the unmodified architecture)."""
+class TrapWeightsServer(_Rounds):
+    """Boenisch et al. 2023: trap weights on the first Linear layer (works on the unmodified architecture)."""
 
     name = "trap-weights"
+    requirement = ATTACKS["trap_weights"]
 
-    def __init__(self, *, input_shape: tuple[int, int, int], rounds: list[int] | None = None, scale: float = 1.05,
+    def __init__(self, *, view: ServerView, model: nn.Module, rounds: list[int] | None = None, scale: float = 1.05,
                  seed: int = 0) -> None:
-        self.input_shape, self.rounds, self.scale, self.seed = tuple(input_shape), list(rounds or []), scale, seed
-
-    def weights_for(self, round: int, model: nn.Module) -> dict[str, torch.Tensor] | None:
-        if self.rounds and round not in self.rounds:
-            return None
-        trapped = trap_weights_(copy.deepcopy(model), self.input_shape, scale=self.scale, seed=self.seed + round)
-        return trapped.state_dict()
-
-
-def build_manipulation(options: dict[str, Any], *, model: nn.Module, input_shape: tuple[int, int, int],
-                       control: ServerControl | None = None) -> ServerManipulation:
-    """From the role's options; checks the server control it needs and that the model fits."""
-    opts = dict(options)
-    name = opts.pop("strategy", "trap-weights")
-    if name not in MANIPULATIONS:
-        raise MaliciousServerError(f"adversary.options.strategy: unknown {name!r}; choose one of: {', '.join(sorted(MANIPULATIONS))}")
-    require(control or ServerControl(weights=True), name.replace("-", "_"))
-    if name == "trap-weights":
         try:
             first_linear_layer(model)
         except ValueError as exc:
             raise MaliciousServerError(f"adversary.options.strategy: {exc} (use model.name=mlp)") from None
+        if scale <= 1:
+            raise MaliciousServerError(f"adversary.options.scale: must be > 1, got {scale}")
+        self.view, self.rounds, self.scale, self.seed = view, list(rounds or []), float(scale), int(seed)
+
+    def broadcast(self, round: int, model: nn.Module) -> Broadcast | None:
+        if not self.active(round):
+            return None
+        trapped = trap_weights_(copy.deepcopy(model), self.view.input_shape, scale=self.scale, seed=self.seed + round)
+        return Broadcast(trapped.state_dict(), info={"scale": self.scale, "seed": self.seed + round})
+
+
+@register("fishing")
+class FishingServer(_Rounds):
+    """Wen et al. 2022: the classifier makes one target class dominate the gradient.
+
+    ``target``: a class, or ``"cycle"`` (round r fishes class (r - 1) mod classes, so a
+    run walks through every class)."""
+
+    name = "fishing"
+    requirement = ATTACKS["fishing"]
+
+    def __init__(self, *, view: ServerView, model: nn.Module, rounds: list[int] | None = None,
+                 target: int | str = "cycle", bias_boost: float = 50.0) -> None:
+        try:
+            last_linear(model)
+        except ValueError as exc:
+            raise MaliciousServerError(f"adversary.options.strategy: {exc}") from None
+        if not (target == "cycle" or (isinstance(target, int) and not isinstance(target, bool) and 0 <= target < view.num_classes)):
+            raise MaliciousServerError(f"adversary.options.target: a class in [0, {view.num_classes}) or 'cycle', got {target!r}")
+        if bias_boost <= 0:
+            raise MaliciousServerError(f"adversary.options.bias_boost: must be > 0, got {bias_boost}")
+        self.view, self.rounds, self.target, self.bias_boost = view, list(rounds or []), target, float(bias_boost)
+
+    def target_for(self, round: int) -> int:
+        return (round - 1) % self.view.num_classes if self.target == "cycle" else int(self.target)
+
+    def broadcast(self, round: int, model: nn.Module) -> Broadcast | None:
+        if not self.active(round):
+            return None
+        target = self.target_for(round)
+        fished = fish(model, target, bias_boost=self.bias_boost)
+        return Broadcast(fished.state_dict(), info={"target_class": target, "bias_boost": self.bias_boost,
+                                                   "classifier": last_linear(fished)[0]})
+
+
+@register("imprint")
+class ImprintServer(_Rounds):
+    """Fowl et al. 2022: an inserted input block with ``bins`` brightness bins; needs architecture control.
+
+    ``bins`` defaults to 4 x the images the server expects in one update (batch size
+    x local steps, x ``clients`` for a secure-aggregation sum), so most bins hold at
+    most one image. Thresholds: equal-mass bins of a Gaussian fitted to the public
+    images' mean brightness (``distribution="empirical"``: their quantiles). ``gain`` and
+    ``scale`` (see :func:`adversary.malicious.imprint.imprint_weights`) default to 0.1 each:
+    gradients well above SecAgg+'s quantization step, thresholds that barely move over
+    FedAvg's local steps, and an input shift of about 1 % of the pixel range."""
+
+    name = "imprint"
+    requirement = ATTACKS["imprint"]
+
+    def __init__(self, *, view: ServerView, model: nn.Module, rounds: list[int] | None = None, bins: int | None = None,
+                 clients: int = 1, public: str = "test", distribution: str = "normal", gain: float = 0.1,
+                 scale: float = 0.1, seed: int = 0) -> None:
+        if bins is not None and not 2 <= bins <= 65_536:
+            raise MaliciousServerError(f"adversary.options.bins: must be in [2, 65536], got {bins}")
+        if distribution not in ("normal", "empirical"):
+            raise MaliciousServerError(f"adversary.options.distribution: must be 'normal' or 'empirical', got {distribution!r}")
+        self.view, self.rounds = view, list(rounds or [])
+        self.bins = int(bins or min(65_536, max(8, 4 * view.images_per_update * max(1, int(clients)))))
+        try:
+            images = view.public_images(public)
+        except Exception as exc:  # noqa: BLE001 - any loading problem is a config problem here
+            raise MaliciousServerError(f"adversary.options.public: {exc}") from None
+        if tuple(images.shape[1:]) != tuple(view.input_shape):
+            raise MaliciousServerError(f"adversary.options.public: images of shape {tuple(images.shape[1:])}, "
+                                       f"the model takes {view.input_shape}")
+        if gain <= 0 or scale <= 0:
+            raise MaliciousServerError(f"adversary.options.gain/scale: must be > 0, got {gain} / {scale}")
+        self.public, self.distribution, self.gain, self.scale, self.seed = public, distribution, float(gain), float(scale), int(seed)
+        self.thresholds = brightness_thresholds(images, self.bins, distribution=distribution)
+        self.spec = architecture_spec([{"kind": "input-residual", "name": IMPRINT_BLOCK, "hidden": self.bins}])
+
+    def broadcast(self, round: int, model: nn.Module) -> Broadcast | None:
+        if not self.active(round):
+            return None
+        state = dict(model.state_dict())
+        block = imprint_weights(self.view.input_shape, self.thresholds, gain=self.gain, scale=self.scale, seed=self.seed + round)
+        state.update({f"{IMPRINT_BLOCK}.{k}": v for k, v in block.items()})
+        return Broadcast(state, config={ARCHITECTURE_KEY: self.spec},
+                         info={"bins": self.bins, "public": self.public, "distribution": self.distribution,
+                               "block": IMPRINT_BLOCK})
+
+
+def build_strategy(options: dict[str, Any], *, model: nn.Module, view: ServerView, control: ServerControl) -> ServerStrategy:
+    """From the role's options; checks the control the deployment grants and that the model fits."""
+    opts = dict(options)
+    name = opts.pop("strategy", "trap-weights")
+    if name not in STRATEGIES:
+        raise MaliciousServerError(f"adversary.options.strategy: unknown {name!r}; choose one of: {', '.join(sorted(STRATEGIES))}")
     try:
-        return MANIPULATIONS[name](input_shape=input_shape, **opts)
+        require(control, name.replace("-", "_"))
+    except MaliciousServerError as exc:
+        hint = " (set federation.model_from_server = true for a deployment where the server ships the model)" \
+            if "architecture" in str(exc) else ""
+        raise MaliciousServerError(f"adversary.options.strategy: {exc}{hint}") from None
+    try:
+        return STRATEGIES[name](view=view, model=model, **opts)
     except TypeError as exc:
         raise MaliciousServerError(f"adversary.options: {exc}") from None

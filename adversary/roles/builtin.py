@@ -145,21 +145,30 @@ class MaliciousClient:
 
 @register_role("malicious-server")
 class MaliciousServer:
-    """Controls what the server sends (the manipulation runs in the server, see
-    :mod:`adversary.malicious.server`) and attacks the replies to manipulated rounds
-    analytically. Its options also configure the manipulation (``strategy``,
-    ``rounds``, ``scale``, ``seed``)."""
+    """Controls what the server sends (the strategy runs in the server, see
+    :mod:`adversary.malicious.server`) and recovers images from the replies to the
+    manipulated rounds (:mod:`adversary.malicious.recovery`). Under secure aggregation
+    the replies are masked: it recovers from the round's unmasked mean update, which
+    the server computes anyway. Its options also configure the strategy (``strategy``,
+    ``rounds`` and the strategy's own)."""
 
     name = "malicious-server"
 
-    def __init__(self, *, strategy: str = "trap-weights", rounds: list[int] | None = None, scale: float = 1.05,
-                 seed: int = 0, context: dict[str, Any]) -> None:
+    def __init__(self, *, strategy: str = "trap-weights", rounds: list[int] | None = None, context: dict[str, Any],
+                 **strategy_options: Any) -> None:
         self.strategy, self.rounds = strategy, list(rounds or [])
+        self.secagg = bool(context.get("secagg"))
 
     def sees(self, event: Intercept) -> bool:
         return True
 
     def observe(self, event: Intercept, log: TrafficView) -> list[AttackTarget]:
-        if not _is_update(event) or not _rounds_ok(self.rounds, event):
+        if self.secagg or not _is_update(event) or not _rounds_ok(self.rounds, event):
             return []
-        return [AttackTarget("trap", event.round, (event.log_id,), client=event.src_node, info={"strategy": self.strategy})]
+        return [AttackTarget("malicious", event.round, (event.log_id,), client=event.src_node,
+                             info={"strategy": self.strategy})]
+
+    def observe_aggregate(self, aggregate: Any) -> list[AttackTarget]:
+        """A manipulated round's unmasked mean update (secure aggregation)."""
+        return [AttackTarget("malicious", aggregate.round, (), info={"strategy": self.strategy, "aggregate": aggregate.path,
+                                                                    "nodes": list(aggregate.nodes)})]

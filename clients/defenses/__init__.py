@@ -12,7 +12,8 @@ Configured as a list, e.g. in TOML::
 or ``--set 'defenses=[{name="mixup", k=4}, {name="dp", noise_multiplier=1.0, clip=1.0}]'``.
 
 Registered defenses (one module each): ``gradprune`` (update transform),
-``mixup`` and ``instahide`` (batch encoders), ``dp`` (gradient step). See
+``mixup`` and ``instahide`` (batch encoders), ``dp`` (gradient step), ``vetting``
+(model vetting). See
 :mod:`clients.defenses.base` for the hook interfaces.
 """
 
@@ -23,9 +24,12 @@ from clients.defenses.base import (
     Defenses,
     EncodeContext,
     GradientStep,
+    ModelVetter,
     RoundContext,
     RoundDefenses,
     UpdateTransform,
+    VetContext,
+    VetReport,
     build_defenses,
     generator_for,
 )
@@ -38,9 +42,12 @@ __all__ = [
     "Defenses",
     "EncodeContext",
     "GradientStep",
+    "ModelVetter",
     "RoundContext",
     "RoundDefenses",
     "UpdateTransform",
+    "VetContext",
+    "VetReport",
     "available_defenses",
     "build_defenses",
     "generator_for",

@@ -10,8 +10,10 @@ Three hooks, each a small protocol:
   Used for the FedSGD gradient and for every local step of FedAvg.
 - :class:`UpdateTransform` (``kind="update"``): ``apply(update, rng)`` maps the outgoing
   update (FedSGD: gradients; FedAvg: the delta new - received) to a new one.
+- :class:`ModelVetter` (``kind="vet"``): ``vet(context)`` inspects the model the server
+  sent before any training and may have the client refuse the round.
 
-At most one encoder and one step hook; update transforms run in the configured
+At most one encoder, one step hook and one vetter; update transforms run in the configured
 order. Any defense may also report per-round metrics (``round_metrics``) and keep
 state across rounds in the client's ``context.state``.
 
@@ -93,6 +95,37 @@ class UpdateTransform(Protocol):
     def apply(self, update: dict[str, Tensor], rng: torch.Generator) -> dict[str, Tensor]: ...
 
 
+@dataclass(frozen=True)
+class VetContext:
+    """What a client can inspect about the model it received, before training on it."""
+
+    round: int
+    model: nn.Module  # the model as it would train: received weights loaded (and any server-defined block)
+    received: dict[str, Tensor]  # every tensor the instruction carried
+    agreed_keys: frozenset[str]  # the tensors of the architecture the client agreed to
+    architecture: str | None  # a server-defined architecture spec, if the instruction carried one
+    previous: dict[str, Tensor] | None  # the agreed tensors the client received the last time it took part
+    probe: Tensor  # a few of the client's own images (never sent anywhere)
+
+
+@dataclass
+class VetReport:
+    scores: dict[str, float]  # check -> score
+    flagged: list[str]  # checks whose score passed their threshold
+    refuse: bool  # the client does not train on this model
+
+    def metrics(self) -> dict[str, float]:
+        out = {f"vetting/{k}": float(v) for k, v in self.scores.items()}
+        out.update({"vetting-flagged": float(bool(self.flagged)), "vetting-refused": float(self.refuse)})
+        out.update({f"vetting-flag/{k}": 1.0 for k in self.flagged})
+        return out
+
+
+@runtime_checkable
+class ModelVetter(Protocol):
+    def vet(self, context: VetContext) -> VetReport: ...
+
+
 class Defense:
     """Optional base class: defaults for the optional hooks."""
 
@@ -125,6 +158,7 @@ class Defenses:
         self.entries = entries
         self.encoder = next((e for e in entries if e.kind == "encoder"), None)
         self.step = next((e for e in entries if e.kind == "step"), None)
+        self.vetter = next((e for e in entries if e.kind == "vet"), None)
         self.transforms = [e for e in entries if e.kind == "update"]
 
     def __bool__(self) -> bool:
@@ -146,7 +180,7 @@ def build_defenses(config: RunConfig, *, input_shape: tuple[int, int, int], num_
         spec = specs[params.name]
         ctx = BuildContext(config, tuple(input_shape), num_classes, model, f"defenses[{i}]")
         impl = spec.factory(params, ctx)
-        expected = {"encoder": BatchEncoder, "step": GradientStep, "update": UpdateTransform}[spec.kind]
+        expected = {"encoder": BatchEncoder, "step": GradientStep, "update": UpdateTransform, "vet": ModelVetter}[spec.kind]
         if not isinstance(impl, expected):
             raise TypeError(f"defense {spec.name!r} is registered as {spec.kind} but does not implement {expected.__name__}")
         entries.append(_Entry(i, params, spec.kind, impl))
@@ -187,6 +221,17 @@ class RoundDefenses:
                 self.seconds += time.perf_counter() - start
 
         return grad_fn
+
+    def vet(self, context: VetContext) -> VetReport | None:
+        """The vetting defense's verdict on the received model (timed), or None without one."""
+        vetter = self.defenses.vetter
+        if vetter is None:
+            return None
+        start = time.perf_counter()
+        try:
+            return vetter.impl.vet(context)
+        finally:
+            self.seconds += time.perf_counter() - start
 
     def transform(self, update: dict[str, Tensor]) -> dict[str, Tensor]:
         start = time.perf_counter()

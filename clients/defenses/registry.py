@@ -15,11 +15,12 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-Kind = Literal["encoder", "step", "update"]
+Kind = Literal["encoder", "step", "update", "vet"]
 KIND_DOC = {
     "encoder": "batch encoder (acts on the (x, y) batch before the local step)",
     "step": "gradient step (replaces how a batch's gradient is computed)",
     "update": "update transform (acts on the outgoing gradient/update)",
+    "vet": "model vetting (inspects the received model before training)",
 }
 
 # Modules that register defenses; imported on first use.
@@ -28,6 +29,7 @@ _MODULES = (
     "clients.defenses.mixup",
     "clients.defenses.instahide",
     "clients.defenses.dp",
+    "clients.defenses.vetting",
 )
 
 
@@ -102,7 +104,7 @@ def _check_combination(chosen: list[DefenseSpec]) -> None:
         if spec.name in seen:
             raise ValueError(f"defenses[{i}]: {spec.name!r} is already listed at defenses[{seen[spec.name]}]")
         seen[spec.name] = i
-    for kind in ("encoder", "step"):
+    for kind in ("encoder", "step", "vet"):
         where = [(i, s.name) for i, s in enumerate(chosen) if s.kind == kind]
         if len(where) > 1:
             names = ", ".join(sorted(n for n, s in registered().items() if s.kind == kind))
