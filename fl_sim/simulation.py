@@ -118,9 +118,20 @@ def run_simulation(config: RunConfig, *, command: list[str] | None = None, quiet
             "wall_s": wall,
             "engine": config.engine.name,
             "per_round": [r.as_dict() for r in result.rounds],
+            **_vetting_summary(config, run_dir),
         },
     )
     return RunOutcome(run_dir, result, wall)
+
+
+def _vetting_summary(config: RunConfig, run_dir: Path) -> dict:
+    """With a vetting defense under the tap: how many manipulated (and honest) rounds it flagged."""
+    if not config.tap.enabled or not any(d.name == "vetting" for d in config.defenses):
+        return {}
+    from adversary.malicious.detection import vetting_detection
+
+    report = vetting_detection(run_dir)
+    return {"vetting": report} if report is not None else {}
 
 
 def read_summary(run_dir: Path) -> dict:

@@ -107,6 +107,18 @@ class FederatedLoop:
         model, not the global one, so it keeps its global model as it was."""
         return self.manipulation is not None and rnd in self.manipulation.sent
 
+    def observe_honest_round(self, rnd: int, before: dict[str, torch.Tensor]) -> None:
+        """Show a malicious server's strategy what it learns from an honest round: the change of its
+        global model as a mean gradient per local step, ``(w_before - w_after) / (lr * steps)``."""
+        if self.manipulation is None:
+            return
+        fed = self.config.federation
+        steps = fed.local_steps if fed.protocol == "fedavg" else 1
+        gradient = {k: (before[k].double() - v.double()) / (fed.lr * steps) for k, v in self.state.items()
+                    if v.is_floating_point()}
+        self.model.load_state_dict(before, strict=False)
+        self.manipulation.observe(rnd, self.model, gradient, fed.batch_size)
+
     def round_config(self, rnd: int) -> dict[str, Any]:
         fed = self.config.federation
         return {
@@ -185,7 +197,9 @@ class FederatedLoop:
                 sampled = sorted(nodes[i] for i in picked)
                 replies = _replies(list(grid.send_and_receive(self._instructions(sampled, rnd, "train"))), len(sampled))
                 if not self.manipulated(rnd):
+                    before = self.state
                     self.state = aggregate(self.state, replies, fed)
+                    self.observe_honest_round(rnd, before)
                 eval_start = time.perf_counter()
                 eval_loss, eval_acc = self._evaluate(grid, nodes, rnd)
                 eval_s = time.perf_counter() - eval_start
@@ -193,7 +207,9 @@ class FederatedLoop:
                 stats = RoundStats(
                     round=rnd,
                     clients=len(replies),
-                    train_loss=sum(float(r.content["metrics"]["train-loss"]) * r.num_examples for r in replies) / total,
+                    # nan when every client refused the round (nothing was trained)
+                    train_loss=sum(float(r.content["metrics"]["train-loss"]) * r.num_examples for r in replies) / total
+                    if total else float("nan"),
                     eval_loss=eval_loss,
                     eval_acc=eval_acc,
                     wall_s=time.perf_counter() - start,

@@ -171,7 +171,7 @@ class SecAggStrategy(Strategy):
         # workflow, where each result is one client's update, correct too).
         total = sum(res.num_examples for _, res in results)
         if total == 0:  # every client refused the round: the model stays
-            state.aggregated, state.clients = True, len(results)
+            state.aggregated, state.clients, state.train_loss = True, len(results), float("nan")
             return self._parameters(), {}
         keys = state.keys or self.keys
         sent, _ = self.loop.sent_state(server_round, "train")
@@ -199,7 +199,9 @@ class SecAggStrategy(Strategy):
         else:
             content["arrays"] = ArrayRecord(mean)
         if not self.loop.manipulated(server_round):
+            before = self.loop.state
             self.loop.state = aggregate(self.loop.state, [Reply(content, 1)], self.config.federation)
+            self.loop.observe_honest_round(server_round, before)
         state.aggregated = True
         state.clients = len(results)
         state.train_loss = sum(float(res.metrics["train-loss"]) * res.num_examples for _, res in results) / total

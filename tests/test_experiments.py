@@ -114,3 +114,28 @@ def test_paper_preset_runs_its_cells_on_resnet18_with_only(tmp_path: Path, capsy
         assert 0 <= rows["bs=1 LPIPS avg"][0] <= 1.5 and rows["bs=16 LPIPS avg"][0] is None  # only b1/none ran
     assert main([*args[:-1], "attack/b9/*"]) == 2
     assert "--only: no cell of tradeoff --preset paper matches attack/b9/*" in capsys.readouterr().err
+
+
+def test_malicious_server_experiment_tables_and_vetting_detection(tmp_path: Path) -> None:
+    outcome = run_experiment("malicious_server", "smoke", ['servers=["honest", "trap-weights", "imprint"]', "batch_sizes=[4]",
+                                                           "rounds=2", "attack.iterations=20"], tmp_path)
+    tables = {t.name: t for t in outcome.tables}
+    assert set(tables) == {"table_honest", "table_trap_weights", "table_imprint", "vetting_detection"}
+    assert tables["table_imprint"].columns == ["", "none", "SecAgg", "DP sigma=0.1", "GradPrune 0.9", "vetting"]
+    rows = {r[0]: r[1:] for r in tables["table_trap_weights"].rows}
+    assert rows["bs=4 exact"][0] == "4/4" and rows["bs=4 exact"][1].endswith("/12")  # SecAgg: 3 clients' sum
+    assert rows["bs=4 exact"][4] == "0/0"  # vetting: the client refused the trapped model
+    imprint = {r[0]: r[1:] for r in tables["table_imprint"].rows}
+    assert int(imprint["bs=4 exact"][0].split("/")[0]) >= 3 and imprint["bs=4 LPIPS avg"][2] > 0.2  # DP noise stops it
+    detection = {r[0]: r[1:] for r in tables["vetting_detection"].rows}
+    assert detection["trap weights (Boenisch et al.)"][:3] == [1, 1, 1.0]
+    assert detection["honest server (optimization attack)"][4] == 0  # no false alarm on honest rounds
+    assert (outcome.out_dir / "figures" / "exact_vs_batch.png").is_file() and (outcome.out_dir / "report.html").is_file()
+
+
+def test_malicious_server_paper_preset_starts_on_resnet18(tmp_path: Path) -> None:
+    outcome = run_experiment("malicious_server", "paper", ["data.name=cifar10-sample", "batch_sizes=[1]", "rounds=1",
+                                                           "attack.iterations=2"], tmp_path, only=["imprint/b1/none"])
+    assert outcome.ran == 1
+    row = {r[0]: r[1:] for r in next(t for t in outcome.tables if t.name == "table_imprint").rows}
+    assert row["bs=1 exact"][0] == "1/1"  # the imprint block in front of a (GroupNorm) ResNet-18

@@ -121,6 +121,12 @@ class Manipulation:
                 self.log.record(round, self.strategy.name, out)
         return out
 
+    def observe(self, round: int, model: nn.Module, gradient: dict[str, torch.Tensor], examples_per_step: int) -> None:
+        """An honest round's mean gradient, for strategies that learn from it (fishing's target)."""
+        hook = getattr(self.strategy, "observe", None)
+        if hook is not None and round not in self.sent:
+            hook(round, model, gradient, examples_per_step)
+
     def aggregated(self, round: int, mean: dict[str, torch.Tensor], nodes: list[int], num_examples: int,
                    protocol: str) -> None:
         """The server's unmasked mean update of a manipulated round (secure aggregation)."""

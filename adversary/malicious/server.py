@@ -62,6 +62,9 @@ class ServerStrategy(Protocol):
         """What to send this round (``model`` holds the honest global weights); None: the honest model."""
         ...
 
+    # Optional: ``observe(round, model, gradient, examples_per_step)`` sees each honest round's mean
+    # gradient (the server computes it anyway) before the next broadcast.
+
 
 STRATEGIES: dict[str, Callable[..., ServerStrategy]] = {}
 
@@ -111,34 +114,66 @@ class TrapWeightsServer(_Rounds):
 class FishingServer(_Rounds):
     """Wen et al. 2022: the classifier makes one target class dominate the gradient.
 
-    ``target``: a class, or ``"cycle"`` (round r fishes class (r - 1) mod classes, so a
-    run walks through every class)."""
+    ``target``: a class; ``"cycle"`` (round r fishes class (r - 1) mod classes, so a run
+    walks through every class); or ``"auto"`` (default): the rarest class present in the
+    last honest round's updates, its label counts estimated from the classifier's bias
+    gradient as ``n_c = B (p_c - db_c)`` with ``p_c`` the model's mean prediction on the
+    server's public images (Wainakh et al.'s label leakage); a rare class makes a batch
+    likely to hold a single image of it. Without an honest round yet, class 0."""
 
     name = "fishing"
     requirement = ATTACKS["fishing"]
 
     def __init__(self, *, view: ServerView, model: nn.Module, rounds: list[int] | None = None,
-                 target: int | str = "cycle", bias_boost: float = 50.0) -> None:
+                 target: int | str = "auto", bias_boost: float = 50.0, public: str = "test") -> None:
         try:
             last_linear(model)
         except ValueError as exc:
             raise MaliciousServerError(f"adversary.options.strategy: {exc}") from None
-        if not (target == "cycle" or (isinstance(target, int) and not isinstance(target, bool) and 0 <= target < view.num_classes)):
-            raise MaliciousServerError(f"adversary.options.target: a class in [0, {view.num_classes}) or 'cycle', got {target!r}")
+        named = target in ("cycle", "auto")
+        if not (named or (isinstance(target, int) and not isinstance(target, bool) and 0 <= target < view.num_classes)):
+            raise MaliciousServerError(f"adversary.options.target: a class in [0, {view.num_classes}), 'auto' or 'cycle', "
+                                       f"got {target!r}")
         if bias_boost <= 0:
             raise MaliciousServerError(f"adversary.options.bias_boost: must be > 0, got {bias_boost}")
         self.view, self.rounds, self.target, self.bias_boost = view, list(rounds or []), target, float(bias_boost)
+        self.public = view.public_images(public) if target == "auto" else None
+        self.counts: Tensor | None = None  # estimated label counts of the last honest round
+
+    def observe(self, round: int, model: nn.Module, gradient: dict[str, Tensor], examples_per_step: int) -> None:
+        """An honest round's mean gradient: estimate how many images of each class it averaged."""
+        if self.public is None:
+            return
+        name, _ = last_linear(model)
+        db = gradient.get(f"{name}.bias")
+        if db is None:
+            return
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            p = torch.softmax(model(self.public), dim=-1).mean(0).double()
+        model.train(was_training)
+        self.counts = (examples_per_step * (p - db.double().cpu())).clamp_min(0)
 
     def target_for(self, round: int) -> int:
-        return (round - 1) % self.view.num_classes if self.target == "cycle" else int(self.target)
+        if self.target == "cycle" or (self.target == "auto" and self.counts is None):
+            return (round - 1) % self.view.num_classes if self.target == "cycle" else 0
+        if self.target == "auto":
+            present = self.counts >= 0.5
+            if not bool(present.any()):
+                return int(self.counts.argmax())
+            return int(torch.where(present, self.counts, torch.full_like(self.counts, float("inf"))).argmin())
+        return int(self.target)
 
     def broadcast(self, round: int, model: nn.Module) -> Broadcast | None:
         if not self.active(round):
             return None
         target = self.target_for(round)
         fished = fish(model, target, bias_boost=self.bias_boost)
-        return Broadcast(fished.state_dict(), info={"target_class": target, "bias_boost": self.bias_boost,
-                                                   "classifier": last_linear(fished)[0]})
+        info = {"target_class": target, "bias_boost": self.bias_boost, "classifier": last_linear(fished)[0]}
+        if self.counts is not None:
+            info["estimated_counts"] = [float(f"{float(c):.2f}") for c in self.counts]
+        return Broadcast(fished.state_dict(), info=info)
 
 
 @register("imprint")

@@ -75,10 +75,10 @@ class CuriousServer:
         return True
 
     def observe(self, event: Intercept, log: TrafficView) -> list[AttackTarget]:
-        if not _rounds_ok(self.rounds, event):
-            return []
         if self.secagg:
             return self._aggregate(event, log)
+        if not _rounds_ok(self.rounds, event):
+            return []
         if not _is_update(event):
             return []
         count = self.per_round.get(event.round, 0)
@@ -95,7 +95,8 @@ class CuriousServer:
             return []
         self.global_models[event.round] = event.log_id
         before = self.global_models.get(event.round - 1)
-        if before is None:
+        attacked = Intercept(event.log_id, event.round - 1, "up", 0, 0, "train")  # ``rounds`` name the attacked round
+        if before is None or not _rounds_ok(self.rounds, attacked):
             return []
         return [AttackTarget("aggregate", event.round - 1, (before, event.log_id))]
 
