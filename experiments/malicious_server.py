@@ -2,8 +2,9 @@
 
 For each server (the paper's honest-but-curious server running the optimization
 attack; trap weights; imprint; class fishing), each deployment defense (none,
-secure aggregation, DP-SGD, GradPrune, the clients' model vetting) and each batch
-size, one federated FedSGD run with the server as the adversary. The attacked round
+secure aggregation, DP-SGD, GradPrune, the clients' model vetting; and FedAvg with
+several local steps instead of FedSGD) and each batch size, one federated run with
+the server as the adversary (FedSGD unless the column says otherwise). The attacked round
 is the last one (earlier rounds are honest, so vetting has a model to compare with
 and honest rounds to raise false alarms on). Under secure aggregation several clients
 take part and the server attacks the round's aggregate (the honest server: the change
@@ -40,6 +41,7 @@ DEFENSES = [
     {"label": "DP sigma=0.1", "stack": [{"name": "dp", "noise_multiplier": 0.1, "clip": 1.0}]},
     {"label": "GradPrune 0.9", "stack": [{"name": "gradprune", "p": 0.9}]},
     {"label": "vetting", "stack": [{"name": "vetting"}]},
+    {"label": "FedAvg 3 steps", "local_steps": 3},  # a deployment setting, not a defense: several local steps
 ]
 
 SMOKE: dict[str, Any] = {
@@ -201,11 +203,13 @@ def _config(params: dict[str, Any], workdir: Path) -> Any:
     rounds = params["rounds"]
     tree: dict[str, Any] = {
         "seed": params["seed"], "name": f"{server}-b{b}", "out_dir": str(workdir),
-        "data": {"name": params["data"]["name"], "max_train": clients * max(4 * b, 256), "max_test": 500,
+        "data": {"name": params["data"]["name"], "max_train": clients * max(4 * b * d.get("local_steps", 1), 256),
+                 "max_test": 500,
                  **({"root": params["data"]["root"]} if params["data"].get("root") else {})},
         "model": {"name": params["model"]["name"], "options": params["model"].get("options", {}),
                   **({"norm": params["model"]["norm"]} if params["model"].get("norm") else {})},
-        "federation": {"num_clients": clients, "rounds": rounds, "protocol": "fedsgd", "batch_size": b, "lr": 0.05,
+        "federation": {"num_clients": clients, "rounds": rounds, "batch_size": b, "lr": 0.05,
+                       "protocol": "fedavg" if d.get("local_steps") else "fedsgd", "local_steps": d.get("local_steps", 1),
                        "secagg": bool(d.get("secagg")), "model_from_server": server == "imprint"},
         "defenses": list(d.get("stack", [])),
         "engine": {"name": "inline"},

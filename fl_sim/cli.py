@@ -25,7 +25,7 @@ class UserError(Exception):
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> None:
-    from fl_sim.simulation import run_simulation
+    from fl_sim.simulation import read_summary, run_simulation
 
     config = load_config(args.config or DEMO_CONFIG, args.set or [])
     outcome = run_simulation(config, command=sys.argv)
@@ -35,6 +35,10 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> None:
         f" ({config.engine.name} engine) in {outcome.wall_s:.1f} s; final accuracy {last.eval_acc:.2%}"
     )
     console.print(f"run directory: {outcome.run_dir}")
+    vetting = read_summary(outcome.run_dir).get("vetting")
+    if vetting:
+        console.print(f"vetting: flagged {vetting['detected']} of {vetting['manipulated_replies']} replies to manipulated "
+                      f"rounds, {vetting['false_alarms']} of {vetting['honest_replies']} honest ones")
     if config.tap.enabled:
         console.print(f"intercepted traffic: fl-sim traffic list {outcome.run_dir}")
 

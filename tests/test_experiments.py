@@ -121,7 +121,8 @@ def test_malicious_server_experiment_tables_and_vetting_detection(tmp_path: Path
                                                            "rounds=2", "attack.iterations=20"], tmp_path)
     tables = {t.name: t for t in outcome.tables}
     assert set(tables) == {"table_honest", "table_trap_weights", "table_imprint", "vetting_detection"}
-    assert tables["table_imprint"].columns == ["", "none", "SecAgg", "DP sigma=0.1", "GradPrune 0.9", "vetting"]
+    assert tables["table_imprint"].columns == ["", "none", "SecAgg", "DP sigma=0.1", "GradPrune 0.9", "vetting",
+                                               "FedAvg 3 steps"]
     rows = {r[0]: r[1:] for r in tables["table_trap_weights"].rows}
     assert rows["bs=4 exact"][0] == "4/4" and rows["bs=4 exact"][1].endswith("/12")  # SecAgg: 3 clients' sum
     assert rows["bs=4 exact"][4] == "0/0"  # vetting: the client refused the trapped model

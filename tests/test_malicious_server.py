@@ -167,3 +167,15 @@ def test_vetting_refuses_manipulated_rounds_without_false_alarms(tiny) -> None:
     assert set(vet["detected_by_check"]) >= {"row_sign_skew", "norm_ratio"}
     for m in _job_metrics(out.run_dir):  # refused: nothing was sent, nothing recovered
         assert m["round"] == 3 and m["exact_recovered"] == 0 and "refused" in m["note"]
+
+
+def test_imprint_on_a_batchnorm_model_whose_batchnorm_stays_with_the_clients(tiny) -> None:
+    """FedBN: the ResNet-18's BatchNorm never leaves a client; the inserted block still gives images away."""
+    out = run_simulation(tiny("data.name=cifar10-sample", "model.name=resnet18", "model.options={}",
+                              "federation.num_clients=1", "federation.batch_size=8", "federation.model_from_server=true", *IMPRINT[:3],
+                              'adversary.options={strategy="imprint", public="cifar100-sample"}'))
+    (m,) = _job_metrics(out.run_dir)
+    assert m["num_images"] == 8 and m["exact_recovered"] >= 4, m["psnr"]  # measured: 5 of 8
+    log = TrafficLog.open(out.run_dir)
+    for msg in log.messages():
+        assert not any(".bn" in name or "running_mean" in name for name in log.tensors(msg.id))
