@@ -100,16 +100,6 @@ class SecAggStrategy(Strategy):
             raise RuntimeError(f"only {len(proxies)} of {expected} client nodes registered")
         return proxies
 
-    def _round_config(self, rnd: int) -> dict[str, Scalar]:
-        fed = self.config.federation
-        return {
-            "server-round": rnd,
-            "lr": fed.lr,
-            "local-steps": fed.local_steps if fed.protocol == "fedavg" else 1,
-            "batch-size": fed.batch_size,
-            "protocol": fed.protocol,
-        }
-
     def _check_aggregated(self, rnd: int) -> _Round:
         state = self._rounds.get(rnd)
         if state is None or not state.aggregated:
@@ -150,7 +140,7 @@ class SecAggStrategy(Strategy):
         keys = list(sent)
         self._rounds[server_round] = _Round(start=start, sampled=sampled, keys=keys)
         parameters = ndarrays_to_parameters([sent[k].detach().cpu().numpy() for k in keys])
-        fit_ins = FitIns(parameters, {**self._round_config(server_round), **extra})
+        fit_ins = FitIns(parameters, {**self.loop.round_config(server_round), **extra})
         return [(proxies[node], fit_ins) for node in sampled]
 
     def aggregate_fit(

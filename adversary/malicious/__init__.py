@@ -7,6 +7,14 @@
   also through a secure-aggregation SUM of client gradients.
 * :mod:`fishing` -- Wen et al. 2022, class fishing: last-layer edit so one class dominates.
 * :mod:`threat` -- what server control / public statistics each manipulation needs.
+
+In the federation (these import Flower-free code only, but need a run directory):
+
+* :mod:`server` -- the strategies a malicious server runs in its loop (what it broadcasts);
+* :mod:`record` -- what it sent and the SecAgg aggregates it saw, on disk;
+* :mod:`recovery` -- images from the replies (or aggregates), scored against the ground truth;
+* :mod:`detection` -- how the clients' vetting defense fared;
+* :mod:`from_config` -- a strategy from a run config and the control the deployment grants.
 """
 
 from adversary.malicious.fishing import fish, target_gradient_share

@@ -189,6 +189,11 @@ def _fishing(obs: ServerObservation, attack: dict[str, Any]) -> Recovered:
                          target)
     classifier, _ = last_linear(obs.model)
     features = {k: v.float() for k, v in obs.gradient.items() if not k.startswith(f"{classifier}.")}
+    method = obs.info.get("recovery", "auto")
+    if method in ("auto", "analytic") and (m == 1 or method == "analytic"):
+        analytic = _analytic_single(obs, features)
+        if analytic is not None:
+            return Recovered(analytic, {**info, "method": "analytic"}, target)
     preset = attack.get("preset", "inverting-gradients")
     overrides = dict(attack.get("overrides") or {})
     if bn_layers(obs.model):  # the clients' BatchNorm state is theirs (FedBN): no BN prior
@@ -197,7 +202,22 @@ def _fishing(obs: ServerObservation, attack: dict[str, Any]) -> Recovered:
     inputs = AttackInputs(obs.model, features, update_kind="gradient", image_shape=obs.image_shape,
                           num_classes=obs.num_classes, labels=torch.full((m,), target, dtype=torch.long))
     result = build_attack(preset, overrides).run(inputs, ThreatModel(labels="known", bn_stats="none", num_images=m))
-    return Recovered(result.images.detach().clamp(0, 1), {**info, "preset": preset, "objective": result.objective}, target)
+    return Recovered(result.images.detach().clamp(0, 1), {**info, "method": "optimize", "preset": preset,
+                                                          "objective": result.objective}, target)
+
+
+def _analytic_single(obs: ServerObservation, features: dict[str, Tensor]) -> Tensor | None:
+    """The one fished image from a first fully connected layer (None where the model has none)."""
+    from adversary.attacks import AttackInputs, recover_single_image
+    from adversary.attacks.analytic import first_linear
+
+    try:
+        first_linear(obs.model)
+    except ValueError:
+        return None
+    inputs = AttackInputs(obs.model, features, update_kind="gradient", image_shape=obs.image_shape,
+                          num_classes=obs.num_classes)
+    return recover_single_image(inputs).clamp(0, 1)
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -119,13 +119,20 @@ class FishingServer(_Rounds):
     last honest round's updates, its label counts estimated from the classifier's bias
     gradient as ``n_c = B (p_c - db_c)`` with ``p_c`` the model's mean prediction on the
     server's public images (Wainakh et al.'s label leakage); a rare class makes a batch
-    likely to hold a single image of it. Without an honest round yet, class 0."""
+    likely to hold a single image of it. Without an honest round yet, class 0.
+
+    ``recovery`` (how the server inverts the fished gradient): ``"optimize"`` runs the
+    optimization attack (``adversary.preset``); ``"analytic"`` reads a single fished image
+    off a first fully connected layer (``dW_i / db_i``, exact); ``"auto"`` (default) takes
+    the analytic route where it applies (one image, a first Linear layer) and optimizes
+    otherwise."""
 
     name = "fishing"
     requirement = ATTACKS["fishing"]
 
     def __init__(self, *, view: ServerView, model: nn.Module, rounds: list[int] | None = None,
-                 target: int | str = "auto", bias_boost: float = 50.0, public: str = "test") -> None:
+                 target: int | str = "auto", bias_boost: float = 50.0, public: str = "test",
+                 recovery: str = "auto") -> None:
         try:
             last_linear(model)
         except ValueError as exc:
@@ -136,7 +143,15 @@ class FishingServer(_Rounds):
                                        f"got {target!r}")
         if bias_boost <= 0:
             raise MaliciousServerError(f"adversary.options.bias_boost: must be > 0, got {bias_boost}")
+        if recovery not in ("auto", "optimize", "analytic"):
+            raise MaliciousServerError(f"adversary.options.recovery: one of auto, optimize, analytic; got {recovery!r}")
+        if recovery == "analytic":
+            try:
+                first_linear_layer(model)
+            except ValueError as exc:
+                raise MaliciousServerError(f"adversary.options.recovery: {exc}") from None
         self.view, self.rounds, self.target, self.bias_boost = view, list(rounds or []), target, float(bias_boost)
+        self.recovery = recovery
         self.public = view.public_images(public) if target == "auto" else None
         self.counts: Tensor | None = None  # estimated label counts of the last honest round
 
@@ -170,7 +185,8 @@ class FishingServer(_Rounds):
             return None
         target = self.target_for(round)
         fished = fish(model, target, bias_boost=self.bias_boost)
-        info = {"target_class": target, "bias_boost": self.bias_boost, "classifier": last_linear(fished)[0]}
+        info = {"target_class": target, "bias_boost": self.bias_boost, "classifier": last_linear(fished)[0],
+                "recovery": self.recovery}
         if self.counts is not None:
             info["estimated_counts"] = [float(f"{float(c):.2f}") for c in self.counts]
         return Broadcast(fished.state_dict(), info=info)
