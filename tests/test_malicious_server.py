@@ -46,6 +46,8 @@ def test_trap_weights_need_a_first_linear_layer(tiny) -> None:
         run_simulation(tiny("federation.protocol=fedsgd", "adversary.role=malicious-server"))
     with pytest.raises(ConfigError, match="adversary.options.strategy: unknown 'phish'"):
         run_simulation(tiny(*TRAP, "adversary.options={strategy=\"phish\"}"))
+    with pytest.raises(ConfigError, match="adversary.options.colour: not an option of strategy 'fishing'; accepted: .*target"):
+        run_simulation(tiny("adversary.role=malicious-server", 'adversary.options={strategy="fishing", colour=1}'))
 
 
 # --- fishing ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ what the deployment grants before the run starts.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -252,6 +253,11 @@ def build_strategy(options: dict[str, Any], *, model: nn.Module, view: ServerVie
         hint = " (set federation.model_from_server = true for a deployment where the server ships the model)" \
             if "architecture" in str(exc) else ""
         raise MaliciousServerError(f"adversary.options.strategy: {exc}{hint}") from None
+    accepted = [n for n in inspect.signature(STRATEGIES[name]).parameters if n not in ("view", "model")]
+    unknown = sorted(set(opts) - set(accepted))
+    if unknown:
+        raise MaliciousServerError(f"adversary.options.{unknown[0]}: not an option of strategy {name!r}; "
+                                   f"accepted: strategy, {', '.join(accepted)}")
     try:
         return STRATEGIES[name](view=view, model=model, **opts)
     except TypeError as exc:
