@@ -70,7 +70,7 @@ class _Round:
     clients: int = 0
     eval_start: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
-    keys: list[str] = field(default_factory=list)  # the tensors sent for training, in wire order
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # the tensors sent for training, in wire order
 
 
 class SecAggStrategy(Strategy):
@@ -137,9 +137,8 @@ class SecAggStrategy(Strategy):
         sampled = sorted(nodes[i] for i in picked)
         # A malicious server may send other tensors (and an inserted block's, appended in order).
         sent, extra = self.loop.sent_state(server_round, "train")
-        keys = list(sent)
-        self._rounds[server_round] = _Round(start=start, sampled=sampled, keys=keys)
-        parameters = ndarrays_to_parameters([sent[k].detach().cpu().numpy() for k in keys])
+        self._rounds[server_round] = _Round(start=start, sampled=sampled, shapes={k: tuple(v.shape) for k, v in sent.items()})
+        parameters = ndarrays_to_parameters([v.detach().cpu().numpy() for v in sent.values()])
         fit_ins = FitIns(parameters, {**self.loop.round_config(server_round), **extra})
         return [(proxies[node], fit_ins) for node in sampled]
 
@@ -163,16 +162,14 @@ class SecAggStrategy(Strategy):
         if total == 0:  # every client refused the round: the model stays
             state.aggregated, state.clients, state.train_loss = True, len(results), float("nan")
             return self._parameters(), {}
-        keys = state.keys or self.keys
-        sent, _ = self.loop.sent_state(server_round, "train")
         mean: dict[str, torch.Tensor] = {}
         for _, res in results:
             arrays = parameters_to_ndarrays(res.parameters)
-            if len(arrays) != len(keys):
-                raise ClientFailure(f"expected {len(keys)} aggregated tensors, got {len(arrays)}")
+            if len(arrays) != len(state.shapes):
+                raise ClientFailure(f"expected {len(state.shapes)} aggregated tensors, got {len(arrays)}")
             weight = res.num_examples / total
-            for key, array in zip(keys, arrays):
-                term = torch.from_numpy(np.asarray(array, dtype=np.float64)).reshape(sent[key].shape) * weight
+            for (key, shape), array in zip(state.shapes.items(), arrays):
+                term = torch.from_numpy(np.asarray(array, dtype=np.float64)).reshape(shape) * weight
                 mean[key] = mean[key] + term if key in mean else term
         if self.loop.manipulation is not None:  # the server learns the unmasked mean: a malicious one attacks it
             self.loop.manipulation.aggregated(server_round, dict(mean), state.sampled, total, self.config.federation.protocol)
