@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from adversary.observation import Observation, _record
+from adversary.observation import Observation, record_tensors
 from adversary.roles.base import AttackTarget
 from adversary.traffic_log import TrafficLog, TrafficLogError
 from fl_sim.rundir import load_run_config
@@ -29,10 +29,10 @@ from fl_sim.task import load_task
 def model_tensors(tensors: dict[str, torch.Tensor], shared_keys: list[str]) -> dict[str, torch.Tensor]:
     """The global model in a message: ``arrays/<name>``, or SecAgg+'s legacy positional
     ``fitins.parameters/<i>`` (in the order of the shared keys)."""
-    named = _record(tensors, "arrays")
+    named = record_tensors(tensors, "arrays")
     if named:
         return named
-    positional = _record(tensors, "fitins.parameters")
+    positional = record_tensors(tensors, "fitins.parameters")
     if len(positional) != len(shared_keys):
         raise TrafficLogError(f"expected {len(shared_keys)} model tensors, found {len(positional)}")
     return {key: positional[str(i)] for i, key in enumerate(shared_keys)}

@@ -75,7 +75,7 @@ class Observation:
         return [truth.batch_for(self.reply.reply_to or "")]
 
 
-def _record(tensors: dict[str, torch.Tensor], record: str) -> dict[str, torch.Tensor]:
+def record_tensors(tensors: dict[str, torch.Tensor], record: str) -> dict[str, torch.Tensor]:
     head = record + "/"
     return {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
 
@@ -117,7 +117,7 @@ def observe(run_dir: str | Path, reply_id: int) -> Observation:
         received = log.tensors(reply.id)
     task = load_task(load_run_config(run_dir))
     model = task.new_model()
-    model.load_state_dict(_record(sent, "arrays"), strict=False)
+    model.load_state_dict(record_tensors(sent, "arrays"), strict=False)
     config = {k.rsplit("/", 1)[-1]: v for k, v in instruction.config.items()}
     metrics = {k.rsplit("/", 1)[-1]: v for k, v in reply.metrics.items()}
     protocol = config.get("protocol", task.config.federation.protocol)
@@ -129,12 +129,12 @@ def observe(run_dir: str | Path, reply_id: int) -> Observation:
         reply=reply,
         instruction=instruction,
         model=model,
-        update=_record(received, "arrays"),
+        update=record_tensors(received, "arrays"),
         update_kind=kind,
         num_examples=int(metrics["num-examples"]) if "num-examples" in metrics else None,
         local={"lr": config.get("lr"), "local_steps": int(config.get("local-steps", 1)), "batch_size": config.get("batch-size")},
         image_shape=task.dataset.input_shape,
         num_classes=task.dataset.num_classes,
         **encoding_of(task, model),
-        running_stats=_record(received, "buffers"),
+        running_stats=record_tensors(received, "buffers"),
     )

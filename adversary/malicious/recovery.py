@@ -42,6 +42,7 @@ from adversary.malicious.imprint import recover_from_imprint
 from adversary.malicious.record import load_aggregate, manipulated_rounds
 from adversary.malicious.server import IMPRINT_BLOCK
 from adversary.malicious.trap_weights import recover_from_trap
+from adversary.observation import find_instruction, record_tensors
 from adversary.report import ATTACK_JSON, GRID_PNG, METRICS_JSON, save_grid, write_json
 from adversary.traffic_log import TrafficLog
 from fl_sim.models.server_defined import ARCHITECTURE_KEY, apply_architecture
@@ -80,6 +81,11 @@ def _sent_model(task: Task, sent: dict[str, Tensor], config: dict[str, Any]) -> 
     return model
 
 
+def update_kind(fed: Any) -> str:
+    """What a client's reply (and the server's mean of them) holds under this federation."""
+    return "gradient" if fed.protocol == "fedsgd" else ("delta" if fed.upload == "delta" else "weights")
+
+
 def _gradient_like(update: dict[str, Tensor], sent: dict[str, Tensor], kind: str, lr: float) -> dict[str, Tensor]:
     """The gradient (FedSGD) or ``-(w - w_sent) / lr`` / ``-delta / lr`` (FedAvg: the local steps' summed gradients)."""
     if kind == "gradient":
@@ -89,26 +95,21 @@ def _gradient_like(update: dict[str, Tensor], sent: dict[str, Tensor], kind: str
     return {k: -(v.double() - sent[k].double()) / lr for k, v in update.items() if k in sent}
 
 
-def _strip(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
 def observe_reply(run_dir: Path, msg_id: int, strategy: str) -> ServerObservation:
     task = load_task(load_run_config(run_dir))
     fed = task.config.federation
     with TrafficLog.open(run_dir) as log:
         reply = log.message(msg_id)
-        instruction = next(m for m in log.messages(round=reply.round, client=reply.src_node, direction="down")
-                           if m.flower_id == reply.reply_to)
-        sent = _strip("arrays/", log.tensors(instruction.id))
+        instruction = find_instruction(log, reply)
+        sent = record_tensors(log.tensors(instruction.id), "arrays")
         received = log.tensors(reply.id)
     config = {k.rsplit("/", 1)[-1]: v for k, v in instruction.config.items()}
     metrics = {k.rsplit("/", 1)[-1]: v for k, v in reply.metrics.items()}
-    kind = "gradient" if fed.protocol == "fedsgd" else ("delta" if fed.upload == "delta" else "weights")
+    kind = update_kind(fed)
     lr = float(config.get("lr", fed.lr))
     return ServerObservation(
         round=int(reply.round), strategy=strategy, model=_sent_model(task, sent, config),
-        gradient=_gradient_like(_strip("arrays/", received), sent, kind, lr), protocol=fed.protocol, lr=lr,
+        gradient=_gradient_like(record_tensors(received, "arrays"), sent, kind, lr), protocol=fed.protocol, lr=lr,
         batch_size=int(config.get("batch-size", fed.batch_size)), image_shape=task.dataset.input_shape,
         num_classes=task.dataset.num_classes, info=manipulated_rounds(run_dir).get(int(reply.round), {}).get("info", {}),
         reply_to=reply.reply_to, refused=int(metrics.get("num-examples", 1)) == 0,
@@ -124,7 +125,7 @@ def observe_aggregate(run_dir: Path, path: str, strategy: str) -> ServerObservat
     agg, mean = load_aggregate(path)
     entry = manipulated_rounds(run_dir)[agg.round]
     sent = sent_tensors(run_dir, agg.round)
-    kind = "gradient" if fed.protocol == "fedsgd" else ("delta" if fed.upload == "delta" else "weights")
+    kind = update_kind(fed)
     return ServerObservation(
         round=agg.round, strategy=strategy, model=_sent_model(task, sent, entry.get("config", {})),
         gradient=_gradient_like(mean, sent, kind, fed.lr), protocol=fed.protocol, lr=fed.lr,
