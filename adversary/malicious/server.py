@@ -17,7 +17,6 @@ what the deployment grants before the run starts.
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,6 +24,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from adversary.attacks.registry import Registry
 from adversary.malicious.fishing import fish, last_linear
 from adversary.malicious.imprint import brightness_thresholds, imprint_weights
 from adversary.malicious.threat import ATTACKS, MaliciousServerError, Requirement, ServerControl, require
@@ -67,15 +67,7 @@ class ServerStrategy(Protocol):
     # gradient (the server computes it anyway) before the next broadcast.
 
 
-STRATEGIES: dict[str, Callable[..., ServerStrategy]] = {}
-
-
-def register(name: str) -> Callable[[Callable[..., ServerStrategy]], Callable[..., ServerStrategy]]:
-    def wrap(factory: Callable[..., ServerStrategy]) -> Callable[..., ServerStrategy]:
-        STRATEGIES[name] = factory
-        return factory
-
-    return wrap
+STRATEGIES = Registry("malicious-server strategy")
 
 
 class _Rounds:
@@ -87,11 +79,10 @@ class _Rounds:
         return not self.rounds or round in self.rounds
 
 
-@register("trap-weights")
+@STRATEGIES.register("trap-weights")
 class TrapWeightsServer(_Rounds):
     """Boenisch et al. 2023: trap weights on the first Linear layer (works on the unmodified architecture)."""
 
-    name = "trap-weights"
     requirement = ATTACKS["trap_weights"]
 
     def __init__(self, *, view: ServerView, model: nn.Module, rounds: list[int] | None = None, scale: float = 1.05,
@@ -111,7 +102,7 @@ class TrapWeightsServer(_Rounds):
         return Broadcast(trapped.state_dict(), info={"scale": self.scale, "seed": self.seed + round})
 
 
-@register("fishing")
+@STRATEGIES.register("fishing")
 class FishingServer(_Rounds):
     """Wen et al. 2022: the classifier makes one target class dominate the gradient.
 
@@ -128,7 +119,6 @@ class FishingServer(_Rounds):
     the analytic route where it applies (one image, a first Linear layer) and optimizes
     otherwise."""
 
-    name = "fishing"
     requirement = ATTACKS["fishing"]
 
     def __init__(self, *, view: ServerView, model: nn.Module, rounds: list[int] | None = None,
@@ -193,7 +183,7 @@ class FishingServer(_Rounds):
         return Broadcast(fished.state_dict(), info=info)
 
 
-@register("imprint")
+@STRATEGIES.register("imprint")
 class ImprintServer(_Rounds):
     """Fowl et al. 2022: an inserted input block with ``bins`` brightness bins; needs architecture control.
 
@@ -205,7 +195,6 @@ class ImprintServer(_Rounds):
     gradients well above SecAgg+'s quantization step, thresholds that barely move over
     FedAvg's local steps, and an input shift of about 1 % of the pixel range."""
 
-    name = "imprint"
     requirement = ATTACKS["imprint"]
 
     def __init__(self, *, view: ServerView, model: nn.Module, rounds: list[int] | None = None, bins: int | None = None,
@@ -253,7 +242,7 @@ def build_strategy(options: dict[str, Any], *, model: nn.Module, view: ServerVie
         hint = " (set federation.model_from_server = true for a deployment where the server ships the model)" \
             if "architecture" in str(exc) else ""
         raise MaliciousServerError(f"adversary.options.strategy: {exc}{hint}") from None
-    accepted = [n for n in inspect.signature(STRATEGIES[name]).parameters if n not in ("view", "model")]
+    accepted = [n for n in STRATEGIES.options(name) if n not in ("view", "model")]
     unknown = sorted(set(opts) - set(accepted))
     if unknown:
         raise MaliciousServerError(f"adversary.options.{unknown[0]}: not an option of strategy {name!r}; "
