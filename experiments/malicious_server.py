@@ -18,7 +18,6 @@ vetting defense's detection rate on manipulated replies and false alarms on hone
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -231,7 +230,8 @@ def _config(params: dict[str, Any], workdir: Path) -> Any:
 
 def _run(params: dict[str, Any], workdir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
     from adversary.jobs import JobBook
-    from fl_sim.simulation import run_simulation
+    from adversary.malicious.recovery import EXACT_PSNR
+    from fl_sim.simulation import read_summary, run_simulation
 
     progress(f"  {params['server']} server, batch size {params['batch_size']}, {params['defense']['label']}")
     out = run_simulation(_config(params, workdir), quiet=True)
@@ -245,17 +245,16 @@ def _run(params: dict[str, Any], workdir: Path, progress: Callable[[str], None])
     psnr: list[float] = []
     grid = None
     for job in jobs:
-        m = json.loads((Path(job.out_dir) / "metrics.json").read_text())
+        m = job.metrics or {}
         p = [float(v) for v in m.get("psnr", [])]
         images += int(m.get("num_images", len(p)))
-        exact += int(m["exact_recovered"]) if "exact_recovered" in m else sum(v >= 40 for v in p)
+        exact += int(m["exact_recovered"]) if "exact_recovered" in m else sum(v >= EXACT_PSNR for v in p)
         lpips += [float(v) for v in m.get("lpips", [])]
         psnr += [min(v, 100.0) for v in p]
         grid = grid or (str(Path(job.out_dir) / "grid.png") if (Path(job.out_dir) / "grid.png").is_file() else None)
-    summary = json.loads((out.run_dir / "summary.json").read_text())
     return {"run_dir": str(out.run_dir), "attacks": len(jobs), "num_images": images, "exact_recovered": exact,
             "lpips_avg": float(np.mean(lpips)) if lpips else None, "psnr_avg": float(np.mean(psnr)) if psnr else None,
-            "grid": grid, "vetting": summary.get("vetting")}
+            "grid": grid, "vetting": read_summary(out.run_dir).get("vetting")}
 
 
 register(MaliciousServerExperiment)

@@ -89,11 +89,6 @@ def manipulated_rounds(run_dir: str | Path) -> dict[int, dict[str, Any]]:
     return out
 
 
-def sent_tensors(run_dir: str | Path, round: int) -> dict[str, torch.Tensor]:
-    entry = manipulated_rounds(run_dir)[round]
-    return load_file(str(Path(run_dir) / entry["tensors"]))
-
-
 def load_aggregate(path: str | Path) -> tuple[ServerAggregate, dict[str, torch.Tensor]]:
     path = Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())

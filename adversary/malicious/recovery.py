@@ -24,7 +24,6 @@ scored against the target-class images it went after.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from adversary.ground_truth import GroundTruth, PrivateBatch
@@ -118,13 +117,11 @@ def observe_reply(run_dir: Path, msg_id: int, strategy: str) -> ServerObservatio
 
 
 def observe_aggregate(run_dir: Path, path: str, strategy: str) -> ServerObservation:
-    from adversary.malicious.record import sent_tensors
-
     task = load_task(load_run_config(run_dir))
     fed = task.config.federation
     agg, mean = load_aggregate(path)
     entry = manipulated_rounds(run_dir)[agg.round]
-    sent = sent_tensors(run_dir, agg.round)
+    sent = load_file(str(run_dir / entry["tensors"]))  # what the server sent that round
     kind = update_kind(fed)
     return ServerObservation(
         round=agg.round, strategy=strategy, model=_sent_model(task, sent, entry.get("config", {})),
@@ -315,6 +312,3 @@ def recover_target(run_dir: str | Path, target: Any, preset: str, overrides: dic
         obs = observe_reply(run_dir, target.messages[0], strategy)
     return run_recovery(run_dir, obs, {"preset": preset, "overrides": overrides or {}})
 
-
-def load_metrics(out_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(out_dir) / METRICS_JSON).read_text())
