@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from adversary.roles.base import AttackTarget
-from adversary.sqlite_util import open_shared
+from fl_sim.sqlite_util import open_shared
 
 JOBS_DB = "adversary/jobs.sqlite"
 STATES = ("pending", "running", "done", "failed")
@@ -68,8 +68,7 @@ class JobBook:
 
     def add(self, role: str, target: AttackTarget, preset: str, overrides: dict[str, Any], threat: dict[str, Any]) -> int | None:
         """Schedule once per target (a re-delivered message does not schedule twice)."""
-        payload = {"kind": target.kind, "round": target.round, "messages": list(target.messages), "client": target.client,
-                   "info": target.info}
+        payload = target.to_json()
         with self._lock, self._conn:
             cur = self._conn.execute(
                 "INSERT OR IGNORE INTO jobs (key, role, target, preset, overrides, threat, state, created_at)"
@@ -101,9 +100,7 @@ class JobBook:
             ).fetchall()
         out = []
         for jid, role, target, preset, overrides, threat, state, attempts, out_dir, metrics, error in rows:
-            t = json.loads(target)
-            out.append(Job(jid, role, AttackTarget(t["kind"], t["round"], tuple(t["messages"]), t["client"], t.get("info", {})),
-                           preset, json.loads(overrides), json.loads(threat), state, attempts, out_dir,
+            out.append(Job(jid, role, AttackTarget.from_json(json.loads(target)), preset, json.loads(overrides), json.loads(threat), state, attempts, out_dir,
                            json.loads(metrics) if metrics else None, error))
         return out
 

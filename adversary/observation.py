@@ -1,46 +1,93 @@
-"""From an intercepted client reply to what the attacker holds.
+"""From the traffic and the public deployment card to what the attacker holds.
 
-The attacker sees the traffic log only: the reply (the client's update), the
-instruction it answers (the weights the client received and the local
-hyperparameters the server sent), and the model architecture, which the server
-chose. Nothing here reads the ground-truth sidecar; granting knowledge beyond the
-traffic is :mod:`adversary.grants`' job.
+One builder, :func:`build_observation`, serves every attack:
+
+- ``update``: one client's reply (an eavesdropper on its link, a curious server);
+- ``aggregate``: the change of the global model over a round, the mean update of
+  its participants (a curious server under secure aggregation; a malicious
+  client, which subtracts its own reply);
+- ``malicious``: a malicious server's recovery from a reply to the model it sent,
+  or, under secure aggregation, from the round's unmasked mean, both read with the
+  server's own record of what it sent (:class:`adversary.malicious.record.ServerRecord`).
+
+Its inputs are the traffic log, the deployment card (what is public about the
+deployment, or what the user states about an audited app) and the attacker's own
+record. It never opens the ground-truth sidecar and never loads a dataset: the
+model is rebuilt from the card and filled with the weights the traffic carried;
+the protocol, the update kind and the hyperparameters come from the traffic,
+falling back to the card.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from adversary.malicious.record import ServerRecord
+from adversary.roles.base import AttackTarget
 from adversary.traffic_log import MessageInfo, TrafficLog, TrafficLogError
-from fl_sim.rundir import load_run_config
-from fl_sim.task import load_task
+from fl_sim.deployment import DeploymentCard, ModelCard
+from fl_sim.models.server_defined import ARCHITECTURE_KEY, apply_architecture
+from fl_sim.wire import (
+    ARRAYS,
+    BATCH_SIZE,
+    BUFFERS,
+    LEGACY_DOWN,
+    LEGACY_UP,
+    LOCAL_STEPS,
+    LR,
+    NUM_EXAMPLES,
+    PROTOCOL,
+    UpdateKind,
+    plain_keys,
+    record_tensors,
+    update_kind,
+)
+
+ModelFactory = Callable[[], nn.Module]
+LR_KEYS = (LR, "learning-rate", "learning_rate")
+
+
+class ObservationError(ValueError):
+    """The traffic does not fit the stated model or deployment; one line naming what to fix."""
 
 
 @dataclass
 class Observation:
-    reply: MessageInfo
-    instruction: MessageInfo
-    model: nn.Module
-    update: dict[str, torch.Tensor]
-    update_kind: str
-    num_examples: int | None
-    local: dict[str, Any]
+    """What the attacker holds for one target."""
+
+    kind: str  # the target's kind: update, aggregate, malicious
+    round: int
+    model: nn.Module  # the model the update answers, as sent (a malicious server's manipulation included)
+    update: dict[str, Tensor]  # the gradient, the weight delta or the new weights
+    update_kind: UpdateKind
+    num_examples: int | None  # the examples behind the update, where the traffic reveals them
+    local: dict[str, Any]  # lr, local_steps, batch_size (examples per local step) and where each came from
     image_shape: tuple[int, int, int]
     num_classes: int
     encoder: str | None = None  # the deployment's batch encoder (public protocol knowledge)
     # InstaHide flips signs around this per-channel value (protocol + the model's Normalize: public).
     sign_center: tuple[float, ...] | None = None
-    running_stats: dict[str, torch.Tensor] = field(default_factory=dict)
-    # For aggregate targets: the nodes whose private batches the update averages
-    # (used by the evaluator to score; the attack never reads the sidecar).
-    aggregate_of: tuple[int, ...] = ()
-    target_round: int | None = None
+    running_stats: dict[str, Tensor] = field(default_factory=dict)
+    reply: MessageInfo | None = None  # the attacked reply (None for a server's aggregate)
+    instruction: MessageInfo | None = None  # the message the update answers
+    client: int | None = None  # the attacked client's node (None for aggregates)
+    aggregate_of: tuple[int, ...] = ()  # the clients whose batches an aggregate averages
+    info: dict[str, Any] = field(default_factory=dict)  # a malicious server's choices that round
+    refused: bool = False  # the client reported zero examples (refused the round)
     foreign: bool = False  # an audited app: no ground truth, hyperparameters granted or assumed
+    control: str = "none"  # the server control the observer's position gives it (a malicious server's)
+    source: dict[str, Any] = field(default_factory=dict)  # where it came from, for the outputs
+
+    @property
+    def message(self) -> int | None:
+        return self.reply.id if self.reply is not None else None
 
     @property
     def input_range(self) -> tuple[float, float]:
@@ -49,49 +96,19 @@ class Observation:
             return (0.0, 1.0)
         return (min(0.0, 2 * min(self.sign_center) - 1), max(1.0, 2 * max(self.sign_center)))
 
-    def unsigned(self, x: torch.Tensor) -> torch.Tensor:
+    def unsigned(self, x: Tensor) -> Tensor:
         """``|x - c|``: what survives InstaHide's unknown signs (``x`` itself without InstaHide)."""
         if self.sign_center is None:
             return x
         return (x - self.center_tensor.to(x)).abs()
 
     @property
-    def center_tensor(self) -> torch.Tensor:
+    def center_tensor(self) -> Tensor:
         c = self.sign_center or (0.0,)
         return torch.tensor(c, dtype=torch.float32).view(1, -1, 1, 1)
 
-    @property
-    def round(self) -> int | None:
-        return self.target_round if self.target_round is not None else self.reply.round
 
-    @property
-    def client(self) -> int:
-        return self.reply.src_node
-
-    def private_batches(self, truth: Any) -> list[Any]:
-        """Evaluator side: the sidecar batches behind this update."""
-        if self.aggregate_of:
-            return [truth.batch_for_round(self.round, node) for node in self.aggregate_of]
-        return [truth.batch_for(self.reply.reply_to or "")]
-
-
-def record_tensors(tensors: dict[str, torch.Tensor], record: str) -> dict[str, torch.Tensor]:
-    head = record + "/"
-    return {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
-
-
-def encoding_of(task: Any, model: nn.Module) -> dict[str, Any]:
-    """The deployment's batch encoder and, for InstaHide, the centre its signs flip around."""
-    encoders = [d for d in task.config.defenses if d.name in ("mixup", "instahide")]
-    if not encoders:
-        return {"encoder": None, "sign_center": None}
-    params = encoders[0]
-    if params.name != "instahide":
-        return {"encoder": params.name, "sign_center": None}
-    from clients.defenses.instahide import sign_center
-
-    center = sign_center(params.center, model, task.dataset.input_shape[0]).expand(1, task.dataset.input_shape[0], 1, 1)
-    return {"encoder": "instahide", "sign_center": tuple(float(v) for v in center.flatten())}
+# ----------------------------------------------------------------------------- traffic helpers
 
 
 def client_updates(log: TrafficLog, round: int | None = None, client: int | None = None) -> list[MessageInfo]:
@@ -106,35 +123,273 @@ def find_instruction(log: TrafficLog, reply: MessageInfo) -> MessageInfo:
     raise TrafficLogError(f"MSG_ID: the instruction that message {reply.id} answers was not captured")
 
 
-def observe(run_dir: str | Path, reply_id: int) -> Observation:
-    """Build the attacker's view of one captured client reply."""
-    with TrafficLog.open(run_dir) as log:
-        reply = log.message(reply_id)
-        if reply.direction != "up" or reply.message_type != "train":
-            raise TrafficLogError(f"MSG_ID: message {reply_id} is a {reply.direction} {reply.message_type} message, not a client update")
-        instruction = find_instruction(log, reply)
-        sent = log.tensors(instruction.id)
-        received = log.tensors(reply.id)
-    task = load_task(load_run_config(run_dir))
-    model = task.new_model()
-    model.load_state_dict(record_tensors(sent, "arrays"), strict=False)
-    config = {k.rsplit("/", 1)[-1]: v for k, v in instruction.config.items()}
-    metrics = {k.rsplit("/", 1)[-1]: v for k, v in reply.metrics.items()}
-    protocol = config.get("protocol", task.config.federation.protocol)
-    if protocol == "fedsgd":
-        kind = "gradient"
+def _client_update(log: TrafficLog, reply_id: int) -> MessageInfo:
+    reply = log.message(reply_id)
+    if reply.direction != "up" or reply.message_type != "train":
+        raise TrafficLogError(f"MSG_ID: message {reply_id} is a {reply.direction} {reply.message_type} message, not a client update")
+    return reply
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def load_factory(ref: str, root: str | None) -> ModelFactory:
+    """An audited app's model factory ``module:attr`` (from its app directory)."""
+    if ":" not in ref:
+        raise ObservationError(f"--model: expected module:factory, got {ref!r}")
+    if root and root not in sys.path:
+        sys.path.insert(0, root)
+    module_name, _, attr = ref.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ObservationError(f"--model: cannot load {ref!r} ({type(exc).__name__}: {exc})") from None
+
+
+def _num_classes(model: nn.Module) -> int:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ObservationError("--model: no nn.Linear classifier found to read the number of classes from")
+    return linears[-1].out_features
+
+
+def build_model(card: ModelCard, factory: ModelFactory | None = None) -> nn.Module:
+    """The agreed architecture: fl-sim's model by name, or the audited app's factory."""
+    if card.name is not None:
+        return card.build()
+    if factory is None:
+        if card.factory is None:
+            raise ObservationError("--model: an audited app's model must be named (module:factory) with its input shape C,H,W")
+        factory = load_factory(card.factory, card.factory_root)
+    return factory()
+
+
+def _main_record(tensors: dict[str, Tensor], records: Sequence[str]) -> dict[str, Tensor]:
+    """The record holding the model: the first of ``records`` present, else the one with the most tensors."""
+    for record in records:
+        found = record_tensors(tensors, record)
+        if found:
+            return found
+    grouped: dict[str, dict[str, Tensor]] = {}
+    for name, tensor in tensors.items():
+        record, _, key = name.rpartition("/")
+        grouped.setdefault(record, {})[key] = tensor
+    return max(grouped.values(), key=len) if grouped else {}
+
+
+def map_tensors(model: nn.Module, tensors: dict[str, Tensor], records: Sequence[str], order: Sequence[str] = ()) -> dict[str, Tensor]:
+    """A message's model tensors as a state dict of ``model``: by name (Message-API records), else by
+    position (legacy ``Parameters`` lists) in ``order`` (the deployment's shared keys; default: the
+    model's state_dict order). A mismatch is one line listing what differs."""
+    state = model.state_dict()
+    record = _main_record(tensors, records)
+    if record and set(record) <= set(state):
+        bad = [f"{k} {tuple(v.shape)} vs {tuple(state[k].shape)}" for k, v in record.items() if v.shape != state[k].shape]
+        if bad:
+            raise ObservationError("--model: shapes differ: " + "; ".join(bad[:4]))
+        return dict(record)
+    if record and all(k.isdigit() for k in record):
+        ordered = [record[k] for k in sorted(record, key=int)]
+        keys = list(order) or list(state)
+        if len(ordered) != len(keys):
+            raise ObservationError(f"--model: the message has {len(ordered)} arrays, the model's state_dict {len(keys)}")
+        bad = [f"#{i} {tuple(a.shape)} vs {k} {tuple(state[k].shape)}" for i, (a, k) in enumerate(zip(ordered, keys))
+               if k not in state or a.shape != state[k].shape]
+        if bad:
+            raise ObservationError("--model: arrays do not match the model in order: " + "; ".join(bad[:4]))
+        return dict(zip(keys, ordered))
+    missing = sorted(set(record) - set(state))[:4]
+    raise ObservationError(f"--model: message tensors {missing} are not in the model (it has e.g. {list(state)[:4]})")
+
+
+def _model_as_sent(card: DeploymentCard, config: dict[str, Any], sent: dict[str, Tensor],
+                   factory: ModelFactory | None) -> nn.Module:
+    """The card's architecture (with a server-defined block where the instruction carries one) and the sent weights."""
+    if card.model is None:
+        raise ObservationError("--model/--input-shape: an audited app's model must be named (module:factory) with its "
+                               "input shape C,H,W")
+    model = build_model(card.model, factory)
+    spec = config.get(ARCHITECTURE_KEY)
+    if spec:
+        model = apply_architecture(model, str(spec), card.model.input_shape)
+    model.load_state_dict(map_tensors(model, sent, (ARRAYS, LEGACY_DOWN), card.shared_keys), strict=False)
+    return model
+
+
+# ----------------------------------------------------------------------------- hyperparameters
+
+
+def _recipe(card: DeploymentCard, config: dict[str, Any]) -> dict[str, Any]:
+    """lr, local steps and batch size of one update: from the instruction, else the card; with their sources."""
+    lr = next((float(config[k]) for k in LR_KEYS if isinstance(config.get(k), (int, float))), None)
+    sources: dict[str, Any] = {}
+    if lr is not None:
+        sources["lr"] = "traffic"
     else:
-        kind = "delta" if task.config.federation.upload == "delta" else "weights"
+        lr, sources["lr"] = card.recipe.lr, "deployment" if card.recipe.lr is not None else "unknown"
+    if LOCAL_STEPS in config:
+        steps, sources["local_steps"] = int(config[LOCAL_STEPS]), "traffic"
+    elif card.recipe.local_steps is not None:
+        steps, sources["local_steps"] = card.recipe.local_steps, "deployment"
+    else:
+        steps, sources["local_steps"] = 1, "assumed 1"
+    if BATCH_SIZE in config:
+        batch, sources["batch_size"] = config[BATCH_SIZE], "traffic"
+    else:
+        batch, sources["batch_size"] = card.recipe.batch_size, "deployment" if card.recipe.batch_size else "unknown"
+    return {"lr": lr, "local_steps": steps, "batch_size": batch, "sources": sources}
+
+
+def _kind(card: DeploymentCard, config: dict[str, Any]) -> UpdateKind:
+    return update_kind(config[PROTOCOL], card.upload) if PROTOCOL in config else card.update_kind
+
+
+# ----------------------------------------------------------------------------- the builders
+
+
+def _update(log: TrafficLog, card: DeploymentCard, target: AttackTarget, factory: ModelFactory | None,
+            server: ServerRecord | None) -> Observation:
+    reply = _client_update(log, target.messages[0])
+    instruction = find_instruction(log, reply)
+    sent, received = log.tensors(instruction.id), log.tensors(reply.id)
+    config, metrics = plain_keys(instruction.config), plain_keys(reply.metrics)
+    model = _model_as_sent(card, config, sent, factory)
+    update = map_tensors(model, {k: v for k, v in received.items() if not k.startswith(f"{BUFFERS}/")},
+                         (ARRAYS, LEGACY_UP), card.shared_keys)
+    local = _recipe(card, config)
+    reported = metrics.get(NUM_EXAMPLES)
+    if card.reported_examples != "update":
+        local["sources"]["num_examples_reported"] = reported
+    model_card = card.model
+    assert model_card is not None  # _model_as_sent checked it
     return Observation(
+        kind=target.kind,
+        round=int(reply.round) if reply.round is not None else -1,
+        model=model,
+        update={k: v.float() for k, v in update.items() if v.is_floating_point()},
+        update_kind=_kind(card, config),
+        num_examples=int(reported) if reported is not None and card.reported_examples == "update" else None,
+        local=local,
+        image_shape=model_card.input_shape,
+        num_classes=model_card.num_classes or _num_classes(model),
+        encoder=card.encoder,
+        sign_center=card.sign_center,
+        running_stats=record_tensors(received, BUFFERS),
         reply=reply,
         instruction=instruction,
-        model=model,
-        update=record_tensors(received, "arrays"),
-        update_kind=kind,
-        num_examples=int(metrics["num-examples"]) if "num-examples" in metrics else None,
-        local={"lr": config.get("lr"), "local_steps": int(config.get("local-steps", 1)), "batch_size": config.get("batch-size")},
-        image_shape=task.dataset.input_shape,
-        num_classes=task.dataset.num_classes,
-        **encoding_of(task, model),
-        running_stats=record_tensors(received, "buffers"),
+        client=reply.src_node,
+        foreign=card.origin == "audit",
+        source={"kind": "reply", "message": reply.id, "client_node": reply.src_node},
     )
+
+
+def _aggregate(log: TrafficLog, card: DeploymentCard, target: AttackTarget, factory: ModelFactory | None,
+               server: ServerRecord | None) -> Observation:
+    """The mean update of a round from the global models before and after it.
+
+    With n participants of equal weight: FedSGD ``w' = w - lr * mean(g)``, so ``mean(g) = (w - w') / lr``;
+    FedAvg ``w' = mean(w_i)`` (weights) or ``w + mean(delta_i)``. A malicious client also knows its own
+    reply and removes it: ``others = (n * mean - own) / (n - 1)``. The result is the update of one
+    "virtual client" holding the union of the others' batches; for FedSGD (and single-step FedAvg)
+    attacking it is exact, for several local steps an approximation."""
+    if len(target.messages) not in (2, 3):
+        raise ValueError("an aggregate target needs (before, after[, own reply])")
+    before, after = log.message(target.messages[0]), log.message(target.messages[1])
+    config = plain_keys(before.config)
+    model = _model_as_sent(card, config, log.tensors(before.id), factory)
+    order = card.shared_keys
+    w0 = map_tensors(model, log.tensors(before.id), (ARRAYS, LEGACY_DOWN), order)
+    w1 = map_tensors(model, log.tensors(after.id), (ARRAYS, LEGACY_DOWN), order)
+    own = map_tensors(model, log.tensors(target.messages[2]), (ARRAYS, LEGACY_UP), order) if len(target.messages) == 3 else None
+    participants = sorted({m.dst_node for m in log.messages(round=target.round, direction="down", message_type="train")})
+    if not participants:
+        raise TrafficLogError(f"round {target.round}: no training instructions captured")
+    n = len(participants)
+    others = [p for p in participants if p != target.client] if own is not None else participants
+    if own is not None and n < 2:
+        raise ValueError("a malicious client alone in its round has no one to attack")
+    recipe = _recipe(card, config)
+    kind = _kind(card, config)
+    if kind == "gradient":
+        mean = {k: (w0[k] - w1[k]) / recipe["lr"] for k in w1 if k in w0}
+    elif kind == "delta":
+        mean = {k: w1[k] - w0[k] for k in w1 if k in w0}
+    else:
+        mean = dict(w1)
+    if own is not None:
+        mean = {k: (n * v - own[k]) / (n - 1) for k, v in mean.items() if k in own}
+    batch = int(recipe["batch_size"])
+    model_card = card.model
+    assert model_card is not None
+    return Observation(
+        kind=target.kind,
+        round=int(target.round),  # type: ignore[arg-type]
+        model=model,
+        update={k: v.to(torch.float32) for k, v in mean.items()},
+        update_kind=kind,
+        num_examples=batch * int(recipe["local_steps"]) * len(others),
+        # Each local step of the virtual client processes every client's step batch at once.
+        local={**recipe, "batch_size": batch * len(others)},
+        image_shape=model_card.input_shape,
+        num_classes=model_card.num_classes or _num_classes(model),
+        encoder=card.encoder,
+        sign_center=card.sign_center,
+        reply=after,
+        instruction=before,
+        aggregate_of=tuple(others),
+        foreign=card.origin == "audit",
+        source={"kind": "aggregate", "clients": len(others)},
+    )
+
+
+def _malicious(log: TrafficLog, card: DeploymentCard, target: AttackTarget, factory: ModelFactory | None,
+               server: ServerRecord | None) -> Observation:
+    """A malicious server's view of a manipulated round: one reply, or the unmasked mean it recorded."""
+    if server is None:
+        raise ValueError("a malicious server's recovery needs its own record of what it sent")
+    rnd = int(target.round)  # type: ignore[arg-type]
+    entry = server.entry(rnd)
+    control = "architecture" if card.model_from_server else "weights"
+    if not target.from_aggregate:
+        obs = _update(log, card, target, factory, server)
+        obs.kind, obs.info, obs.control = target.kind, entry.get("info", {}), control
+        obs.refused = int(plain_keys(obs.reply.metrics).get(NUM_EXAMPLES, 1)) == 0  # type: ignore[union-attr]
+        return obs
+    aggregate, mean = server.aggregate(rnd)
+    sent, config = server.sent(rnd)
+    model = _model_as_sent(card, config, {f"{ARRAYS}/{k}": v for k, v in sent.items()}, factory)
+    model_card = card.model
+    assert model_card is not None
+    recipe = _recipe(card, {})
+    return Observation(
+        kind=target.kind,
+        round=rnd,
+        model=model,
+        update=dict(mean),
+        update_kind=card.update_kind,
+        num_examples=aggregate.num_examples,
+        local={**recipe, "batch_size": int(recipe["batch_size"]) * len(aggregate.nodes)},
+        image_shape=model_card.input_shape,
+        num_classes=model_card.num_classes or _num_classes(model),
+        aggregate_of=tuple(aggregate.nodes),
+        info=entry.get("info", {}),
+        refused=aggregate.num_examples == 0,
+        control=control,
+        source={"kind": "aggregate", "clients": len(aggregate.nodes)},
+    )
+
+
+_BUILDERS = {"update": _update, "aggregate": _aggregate, "malicious": _malicious}
+
+
+def build_observation(log: TrafficLog, card: DeploymentCard, target: AttackTarget, *,
+                      factory: ModelFactory | None = None, server: ServerRecord | None = None) -> Observation:
+    """The attacker's view of ``target``: the traffic, the card, and (a malicious server) its own record.
+
+    ``factory`` builds an audited app's model (named on the command line); without it the card's
+    factory is imported."""
+    if target.kind not in _BUILDERS:
+        raise ValueError(f"unknown attack target kind {target.kind!r}; choose one of: {', '.join(_BUILDERS)}")
+    if card.origin == "audit" and target.kind != "update":
+        raise ObservationError("--round/--msg: only client updates of an audited app can be attacked")
+    return _BUILDERS[target.kind](log, card, target, factory, server)

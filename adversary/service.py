@@ -21,24 +21,20 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import ray
+import torch
+
+from adversary.job import run_job
 from adversary.jobs import JobBook
-from adversary.roles.base import Intercept, build_role
+from adversary.roles import Intercept, RoleContext, build_role
 from adversary.traffic_log import TrafficLog, TrafficView
 from fl_sim.config import AdversaryConfig
 
 ACTOR_NAME = "fl-sim-adversary"
 
 
-def role_context(secagg: bool, node_of_partition: dict[int, int]) -> dict[str, Any]:
-    return {"secagg": secagg, "node_of_partition": node_of_partition}
-
-
 def execute_job(run_dir: str, job_id: int) -> dict[str, Any]:
     """Run one job from the book and record its outcome (in whatever process runs it)."""
-    import torch
-
-    from adversary.attack_job import run_attack
-
     if os.environ.get("FL_SIM_WORKER_THREADS"):
         torch.set_num_threads(int(os.environ["FL_SIM_WORKER_THREADS"]))
     book = JobBook(run_dir)
@@ -46,7 +42,7 @@ def execute_job(run_dir: str, job_id: int) -> dict[str, Any]:
         job = next(j for j in book.jobs() if j.id == job_id)
         book.mark(job_id, "running")
         try:
-            outcome = run_attack(run_dir, job.target, job.preset, attack_overrides=job.overrides, threat=job.threat)
+            outcome = run_job(run_dir, job.target, job.preset, attack_overrides=job.overrides, threat=job.threat)
         except Exception as exc:  # recorded, not raised: one bad attack must not stop the others
             book.mark(job_id, "failed", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}")
             return {"job": job_id, "state": "failed"}
@@ -59,7 +55,7 @@ def execute_job(run_dir: str, job_id: int) -> dict[str, Any]:
 class AdversaryCore:
     """The role and the job book: turns intercepts into scheduled jobs."""
 
-    def __init__(self, run_dir: str, config: AdversaryConfig, context: dict[str, Any]) -> None:
+    def __init__(self, run_dir: str, config: AdversaryConfig, context: RoleContext) -> None:
         self.run_dir = run_dir
         self.config = config
         self.role = build_role(config.role, dict(config.options), context)
@@ -83,7 +79,8 @@ class AdversaryCore:
         for target in targets:
             if self.config.max_attacks is not None and self.scheduled >= self.config.max_attacks:
                 break
-            job = self.book.add(self.config.role, target, self.config.preset, dict(self.config.attack), dict(self.config.threat))
+            job = self.book.add(self.config.role, target, self.config.preset, dict(self.config.attack),
+                                self.config.threat.chosen())
             if job is not None:
                 ids.append(job)
                 self.scheduled += 1
@@ -93,7 +90,7 @@ class AdversaryCore:
 class ThreadAdversary:
     """Inline engine: the same core, attacks on a thread pool."""
 
-    def __init__(self, run_dir: str, config: AdversaryConfig, context: dict[str, Any]) -> None:
+    def __init__(self, run_dir: str, config: AdversaryConfig, context: RoleContext) -> None:
         self.core = AdversaryCore(run_dir, config, context)
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=config.workers or 1, thread_name_prefix="attack")
         self.futures: list[concurrent.futures.Future] = []
@@ -129,7 +126,6 @@ def _states(run_dir: str) -> dict[str, int]:
 
 
 def _ray_classes() -> tuple[Any, Any]:
-    import ray
 
     @ray.remote(max_restarts=1, max_task_retries=1)
     class AttackWorker:
@@ -141,7 +137,7 @@ def _ray_classes() -> tuple[Any, Any]:
 
     @ray.remote(num_cpus=0)
     class AdversaryActor:
-        def __init__(self, run_dir: str, config_json: str, context: dict[str, Any], worker_options: dict[str, Any],
+        def __init__(self, run_dir: str, config_json: str, context: RoleContext, worker_options: dict[str, Any],
                      num_workers: int) -> None:
             config = AdversaryConfig.model_validate_json(config_json)
             self.core = AdversaryCore(run_dir, config, context)
@@ -186,8 +182,7 @@ def _ray_classes() -> tuple[Any, Any]:
 class RayAdversary:
     """Ray engine: a named adversary actor and a pool of attack workers."""
 
-    def __init__(self, run_dir: str, config: AdversaryConfig, context: dict[str, Any]) -> None:
-        import ray
+    def __init__(self, run_dir: str, config: AdversaryConfig, context: RoleContext) -> None:
 
         _, actor_cls = _ray_classes()
         gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -204,13 +199,11 @@ class RayAdversary:
         self.actor.on_server_aggregate.remote(aggregate)
 
     def finish(self, wait: bool) -> dict[str, int]:
-        import ray
-
         ray.get(self.actor.finish.remote(wait))
         return _states(self.run_dir)
 
 
-def start_adversary(run_dir: str | Path, config: AdversaryConfig, context: dict[str, Any], engine: str) -> Any:
+def start_adversary(run_dir: str | Path, config: AdversaryConfig, context: RoleContext, engine: str) -> Any:
     """The adversary for this engine (Ray actor or threads)."""
     if engine == "ray":
         return RayAdversary(str(run_dir), config, context)

@@ -21,8 +21,7 @@ from flwr.serverapp import Grid
 
 from adversary.roles.base import Intercept
 from adversary.traffic_log import OutgoingRecord, TrafficWriter
-
-ROUND_KEY = "server-round"
+from fl_sim.wire import SERVER_ROUND
 
 
 def content_digest(content: RecordDict) -> tuple[int, str]:
@@ -75,7 +74,7 @@ def flatten_content(content: RecordDict) -> tuple[dict[str, np.ndarray], dict[st
 
 def _round_of(message: Message, config: dict[str, Any]) -> int | None:
     for key, value in config.items():
-        if key.rsplit("/", 1)[-1] == ROUND_KEY and isinstance(value, int):
+        if key.rsplit("/", 1)[-1] == SERVER_ROUND and isinstance(value, int):
             return value
     group = message.metadata.group_id
     return int(group) if group and group.isdigit() else None

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from safetensors.numpy import load_file, save_file
 
 TRAFFIC_DIR = "traffic"
@@ -74,11 +75,10 @@ class TensorInfo:
     l2: float
 
 
-@dataclass(frozen=True)
-class MessageInfo:
-    """One intercepted message's index entry (what the attacker sees, no ground truth)."""
+@dataclass(frozen=True, kw_only=True)
+class MessageMeta:
+    """What the log keeps of every message besides its tensors."""
 
-    id: int
     round: int | None
     direction: str
     src_node: int
@@ -86,14 +86,13 @@ class MessageInfo:
     message_type: str
     flower_id: str | None
     reply_to: str | None
+    group_id: str | None = None
     num_bytes: int
     sha256: str
     created_at: float | None
-    logged_at: float
-    metrics: dict[str, Any]
-    config: dict[str, Any]
-    error: str | None
-    tensors: tuple[TensorInfo, ...] = field(default=())
+    metrics: Mapping[str, Any]
+    config: Mapping[str, Any]
+    error: str | None = None
 
     @property
     def client_node(self) -> int:
@@ -101,25 +100,20 @@ class MessageInfo:
         return self.dst_node if self.direction == "down" else self.src_node
 
 
-@dataclass(frozen=True)
-class OutgoingRecord:
+@dataclass(frozen=True, kw_only=True)
+class OutgoingRecord(MessageMeta):
     """What the tap hands the writer for one message."""
 
-    round: int | None
-    direction: str
-    src_node: int
-    dst_node: int
-    message_type: str
-    flower_id: str | None
-    reply_to: str | None
-    group_id: str | None
-    num_bytes: int
-    sha256: str
-    created_at: float | None
-    metrics: Mapping[str, Any]
-    config: Mapping[str, Any]
     tensors: Mapping[str, np.ndarray]
-    error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class MessageInfo(MessageMeta):
+    """One intercepted message's index entry (what the attacker sees, no ground truth)."""
+
+    id: int
+    logged_at: float
+    tensors: tuple[TensorInfo, ...] = field(default=())
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -283,8 +277,6 @@ class TrafficLog:
         return arrays
 
     def tensors(self, msg_id: int, prefix: str | None = None) -> dict[str, Any]:
-        import torch
-
         return {k: torch.from_numpy(v.copy()) for k, v in self.arrays(msg_id, prefix).items()}
 
     def export(self, msg_id: int, out: str | Path) -> Path:
@@ -321,7 +313,7 @@ class TrafficLog:
         return int(self._conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
 
     def _info(self, row: tuple) -> MessageInfo:
-        (mid, rnd, direction, src, dst, mtype, fid, reply_to, _group, nbytes, sha, created, logged,
+        (mid, rnd, direction, src, dst, mtype, fid, reply_to, group, nbytes, sha, created, logged,
          metrics, config, error, _file) = row
         tensors = tuple(
             TensorInfo(name, tuple(json.loads(shape)), dtype, l2)
@@ -331,7 +323,7 @@ class TrafficLog:
         )
         return MessageInfo(
             id=mid, round=rnd, direction=direction, src_node=int(src), dst_node=int(dst),
-            message_type=mtype, flower_id=fid, reply_to=reply_to, num_bytes=nbytes, sha256=sha,
+            message_type=mtype, flower_id=fid, reply_to=reply_to, group_id=group, num_bytes=nbytes, sha256=sha,
             created_at=created, logged_at=logged, metrics=json.loads(metrics), config=json.loads(config),
             error=error, tensors=tensors,
         )

@@ -17,14 +17,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import ray
 from rich.console import Console
 from rich.table import Table
 
+from adversary.jobs import JobBook
+from adversary.observation import client_updates
+from adversary.roles import AttackTarget
+from adversary.service import _ray_classes
+from adversary.traffic_log import TrafficLog
+from app.engine.ray_engine import init_ray_local
+from app.simulation import run_simulation
+from fl_sim.config import load_config
+
 
 def capture(out_dir: Path, attacks: int) -> Path:
-    from fl_sim.config import load_config
-    from fl_sim.simulation import run_simulation
-
     cfg = load_config(None, [
         f"out_dir={out_dir}", "engine.name=inline", "data.name=cifar10-sample", "model.options={width=16}",
         f"federation.num_clients={attacks}", "federation.rounds=1", "federation.protocol=fedsgd", "federation.batch_size=1",
@@ -33,15 +40,6 @@ def capture(out_dir: Path, attacks: int) -> Path:
 
 
 def measure(source: Path, workers: int, iterations: int, tmp: Path) -> tuple[int, float]:
-    import ray
-
-    from adversary.jobs import JobBook
-    from adversary.observation import client_updates
-    from adversary.roles import AttackTarget
-    from adversary.service import _ray_classes
-    from adversary.traffic_log import TrafficLog
-    from fl_sim.netguard import init_ray_local
-
     run_dir = tmp / f"workers-{workers}"
     shutil.copytree(source, run_dir)
     book = JobBook(run_dir)

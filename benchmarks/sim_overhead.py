@@ -18,8 +18,8 @@ import tempfile
 from rich.console import Console
 from rich.table import Table
 
+from app.simulation import run_simulation
 from fl_sim.config import load_config
-from fl_sim.simulation import run_simulation
 
 
 def measure(engine: str, args: argparse.Namespace, out_dir: str) -> list[dict]:

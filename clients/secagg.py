@@ -2,7 +2,7 @@
 
 Flower's SecAgg+ exists only in its legacy API, so this ClientApp is built from a
 ``client_fn`` returning a ``NumPyClient``; the training itself is
-:meth:`clients.app.ClientRuntime.train_content`, the same code (batches, defenses,
+:meth:`clients.runtime.ClientRuntime.train_content`, the same code (batches, defenses,
 FedBN state in ``context.state``, ground-truth sidecar) as the Message-API app.
 
 Wire format (legacy): the global tensors arrive as a list in the order of the
@@ -32,9 +32,10 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
-from clients.app import _runtime
+from clients.runtime import client_runtime
 from fl_sim.config import RunConfig
 from fl_sim.models.server_defined import ARCHITECTURE_KEY, apply_architecture, inserted_keys
+from fl_sim.wire import ARRAYS, BUFFERS, EVAL_ACC, EVAL_LOSS, METRICS, NUM_EXAMPLES, SERVER_ROUND
 
 log = logging.getLogger("fl_sim.secagg")
 
@@ -55,10 +56,10 @@ def _scalar(value: object) -> int | float | str | bool:
 
 
 class SecAggClient(NumPyClient):
-    """Legacy view of :class:`clients.app.ClientRuntime` for one node."""
+    """Legacy view of :class:`clients.runtime.ClientRuntime` for one node."""
 
     def __init__(self, config: RunConfig, run_dir: Path | None, context: Context) -> None:
-        self.runtime = _runtime(config, run_dir)
+        self.runtime = client_runtime(config, run_dir)
         self.clipping_range = float(config.secagg.clipping_range)
         self.max_weight = config.secagg_max_weight
         self.node_context = context
@@ -83,16 +84,16 @@ class SecAggClient(NumPyClient):
         instruction = str(state[INSTRUCTION_STATE][INSTRUCTION_KEY]) if INSTRUCTION_STATE in state else ""
         keys = self._keys_for(config)
         content = self.runtime.train_content(
-            self._received(parameters, keys), int(config["server-round"]), self.node_context, instruction_id=instruction,
+            self._received(parameters, keys), int(config[SERVER_ROUND]), self.node_context, instruction_id=instruction,
             server_config=dict(config),
         )
-        update = content["arrays"].to_torch_state_dict()
-        if "buffers" in content:
-            update.update(content["buffers"].to_torch_state_dict())
+        update = content[ARRAYS].to_torch_state_dict()
+        if BUFFERS in content:
+            update.update(content[BUFFERS].to_torch_state_dict())
         if set(update) != set(keys):
             raise RuntimeError(f"update keys differ from the shared keys: {sorted(set(update) ^ set(keys))}")
-        metrics = {k: _scalar(v) for k, v in content["metrics"].items()}
-        num_examples = int(metrics["num-examples"])
+        metrics = {k: _scalar(v) for k, v in content[METRICS].items()}
+        num_examples = int(metrics[NUM_EXAMPLES])
         arrays = [update[k].detach().cpu().numpy() for k in keys]
         # secaggplus_mod clips (num_examples / max_weight) * value to +-clipping_range, silently.
         largest = max((float(np.abs(a).max()) for a in arrays if a.size), default=0.0) * num_examples / self.max_weight
@@ -100,13 +101,13 @@ class SecAggClient(NumPyClient):
             log.warning(
                 "SecAgg+: round %s update values reach %.4g (weighted), beyond secagg.clipping_range=%g; "
                 "they are clipped and the aggregate is biased",
-                config.get("server-round"), largest, self.clipping_range,
+                config.get(SERVER_ROUND), largest, self.clipping_range,
             )
         return arrays, num_examples, metrics
 
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
         loss, acc, n = self.runtime.evaluate_state(self._received(parameters), self.node_context)
-        return float(loss), n, {"eval-loss": float(loss), "eval-acc": float(acc)}
+        return float(loss), n, {EVAL_LOSS: float(loss), EVAL_ACC: float(acc)}
 
 
 def make_secagg_client_app(config: RunConfig, run_dir: str | Path | None) -> ClientApp:

@@ -21,33 +21,20 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.modules.batchnorm import _BatchNorm
+
+from fl_sim.models.bn_stats import batch_statistics
 
 
 @contextlib.contextmanager
 def capture_bn_batch_stats(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-    """Record each BatchNorm layer's input mean and (biased) variance per channel.
-
-    These are the private batch's statistics the paper's ``BN_exact`` threat model
-    grants; keys are ``<layer name>.mean`` / ``<layer name>.var``.
-    """
+    """The private batch's statistics the paper's ``BN_exact`` threat model grants, keyed
+    ``<layer name>.mean`` / ``<layer name>.var`` (filled when the forward pass has run)."""
     stats: dict[str, torch.Tensor] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, _BatchNorm):
-
-            def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor, name: str = name) -> None:
-                x = inputs[0].detach()
-                dims = [0] + list(range(2, x.dim()))
-                stats[f"{name}.mean"] = x.mean(dim=dims)
-                stats[f"{name}.var"] = x.var(dim=dims, unbiased=False)
-
-            handles.append(module.register_forward_hook(hook))
-    try:
+    with batch_statistics(model) as layers:
         yield stats
-    finally:
-        for handle in handles:
-            handle.remove()
+    for name, mean, var in layers:
+        stats[f"{name}.mean"] = mean
+        stats[f"{name}.var"] = var
 
 
 @dataclass
@@ -173,17 +160,3 @@ def fedavg_steps(
         total += loss_value
         records.append(StepRecord(x, y, idx, dict(stats)))
     return LocalResult(total / len(batches), sum(len(b[1]) for b in batches), time.perf_counter() - start, records)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy in eval mode."""
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(y), batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        logits = model(xb)
-        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-        correct += int((logits.argmax(1) == yb).sum())
-    n = max(len(y), 1)
-    return loss_sum / n, correct / n

@@ -18,8 +18,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure as MplFigure
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from adversary.attacks import AttackInputs, ThreatModel, build_attack, label_accuracy, record_bn_stats
+from adversary.metrics import evaluate_reconstruction
+from fl_sim.data import load_dataset, load_sample_images
+from fl_sim.data.samples import SAMPLE_SETS
+from fl_sim.models import Normalize, build_model
 
 # Which ThreatModel grant each BN / label strategy goes with.
 BN_THREAT = {"exact": "exact", "proxy": "proxy", "infer": "infer", "none": "none"}
@@ -34,8 +43,6 @@ LABEL_TITLE = {"known": "labels known", "joint": "labels unknown (joint optimisa
 
 def load_images(data: dict[str, Any], count: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The first ``count`` training images of ``data`` (x in [0, 1], y) and the number of classes."""
-    from fl_sim.data import load_dataset, load_sample_images
-    from fl_sim.data.samples import SAMPLE_SETS
 
     name, size = data["name"], data.get("image_size")
     if name in SAMPLE_SETS:
@@ -51,7 +58,6 @@ def load_images(data: dict[str, Any], count: int) -> tuple[torch.Tensor, torch.T
 
 def bn_convnet(in_ch: int, num_classes: int, width: int = 16) -> nn.Module:
     """A small 3-conv BatchNorm classifier for CPU smoke runs (ResNet-18 is the paper's model)."""
-    from fl_sim.models import Normalize
 
     w = int(width)
     net = nn.Sequential(
@@ -64,8 +70,6 @@ def bn_convnet(in_ch: int, num_classes: int, width: int = 16) -> nn.Module:
 
 
 def build(model_cfg: dict[str, Any], shape: tuple[int, int, int], num_classes: int, seed: int) -> nn.Module:
-    from fl_sim.models import build_model
-
     torch.manual_seed(seed)
     options = dict(model_cfg.get("options", {}))
     if model_cfg["name"] == "bn-convnet":
@@ -75,7 +79,6 @@ def build(model_cfg: dict[str, Any], shape: tuple[int, int, int], num_classes: i
 
 def set_running_stats(model: nn.Module, x: torch.Tensor, chunk: int = 64) -> None:
     """Running statistics = cumulative average over ``x`` (train-mode forward, weights untouched)."""
-    from torch.nn.modules.batchnorm import _BatchNorm
 
     layers = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     if not layers or len(x) == 0:
@@ -109,7 +112,6 @@ def prepare(params: dict[str, Any], images: int, offset: int = 0):
     batch's BN statistics are put in ``AttackInputs``; the ThreatModel decides whether
     the attack may use them (``check_grants``).
     """
-    from adversary.attacks import AttackInputs, record_bn_stats
 
     stat = int(params.get("stat_images", 0))
     x, y, classes = load_images(params["data"], offset + images + stat)
@@ -138,8 +140,6 @@ def run_inversion(params: dict[str, Any], workdir: Path, progress: Callable[[str
                   alpha_tv: float, alpha_bn: float, labels: str = "known", iterations: int, restarts: int,
                   preset: str = "huang-eq3", offset: int = 0) -> dict[str, Any]:
     """Attack one private batch; LPIPS (matched) of the trial the attack picks and of the oracle trial."""
-    from adversary.attacks import ThreatModel, build_attack, label_accuracy
-    from adversary.metrics import evaluate_reconstruction
 
     _model, xb, yb, inputs = prepare(params, images, offset)
     threat = ThreatModel(labels=LABEL_THREAT[labels], bn_stats=BN_THREAT[bn], num_images=images)
@@ -184,8 +184,6 @@ def load_recon(result: dict[str, Any]) -> dict[str, torch.Tensor] | None:
 
 def image_grid(path: Path, rows: list[tuple[str, torch.Tensor]], title: str) -> None:
     """One labelled row of images per entry (matplotlib Figure + Agg canvas, no pyplot)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure as MplFigure
 
     cols = max(len(t) for _, t in rows)
     size = 1.1 if cols > 4 else 1.5

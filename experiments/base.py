@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from fl_sim.config import RunConfig
+from server.rounds import TrainingResult
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -32,6 +35,31 @@ class Figure:
     path: Path
 
 
+class SimulationOutcome(Protocol):
+    run_dir: Path
+    result: TrainingResult
+
+
+class Simulate(Protocol):
+    """Runs one federated simulation: the app layer hands its runner to the experiments that need one."""
+
+    def __call__(self, config: RunConfig, *, quiet: bool = False) -> SimulationOutcome: ...
+
+
+@dataclass(frozen=True)
+class CellContext:
+    """What a cell gets besides its parameters: where to report progress, and how to run a simulation."""
+
+    progress: Callable[[str], None]
+    simulate: Simulate | None = None
+
+    def simulation(self) -> Simulate:
+        if self.simulate is None:
+            raise RuntimeError("this experiment runs federated simulations: run it with a simulation runner "
+                               "(fl-sim experiment run, or run_experiment(..., simulate=app.simulation.run_simulation))")
+        return self.simulate
+
+
 class Experiment(Protocol):
     name: str
     description: str
@@ -39,7 +67,7 @@ class Experiment(Protocol):
 
     def cells(self, settings: dict[str, Any]) -> list[Cell]: ...
 
-    def run_cell(self, cell: Cell, workdir: Path, progress: Callable[[str], None]) -> dict[str, Any]: ...
+    def run_cell(self, cell: Cell, workdir: Path, ctx: CellContext) -> dict[str, Any]: ...
 
     def tables(self, settings: dict[str, Any], results: dict[str, dict[str, Any]]) -> list[Table]: ...
 

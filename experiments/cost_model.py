@@ -25,8 +25,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from experiments.base import Cell, Figure, Table
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure as MplFigure
+
+from adversary.attacks import AttackInputs, ThreatModel, build_attack, record_bn_stats
+from experiments.base import Cell, CellContext, Figure, Table
 from experiments.registry import register
+from fl_sim.models import bn_layers, build_model
 
 # The paper's Table 3 (RTX 2080 Ti GPU hours), N -> (no defense, GradPrune, InstaHide).
 PAPER_TABLE3: dict[int, tuple[float, float, float]] = {
@@ -62,7 +70,6 @@ def device_name() -> str:
     except OSError:
         pass
     name = name or platform.processor() or platform.machine() or "unknown CPU"
-    import torch
 
     return f"CPU: {name} ({torch.get_num_threads()} torch threads)"
 
@@ -95,8 +102,8 @@ class CostModelExperiment:
                   "num_classes": settings["num_classes"], **settings["timing"], "device": device_name()}
         return [Cell("timing", params)]
 
-    def run_cell(self, cell: Cell, workdir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
-        return measure_attack_iteration(cell.params, progress)
+    def run_cell(self, cell: Cell, workdir: Path, ctx: CellContext) -> dict[str, Any]:
+        return measure_attack_iteration(cell.params, ctx.progress)
 
     def tables(self, settings: dict[str, Any], results: dict[str, dict[str, Any]]) -> list[Table]:
         c = settings["cost"]
@@ -147,10 +154,6 @@ class CostModelExperiment:
         return tables
 
     def figures(self, settings: dict[str, Any], results: dict[str, dict[str, Any]], out_dir: Path) -> list[Figure]:
-        import numpy as np
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure as MplFigure
-
         (cost,) = [t for t in self.tables(settings, results) if t.name == "table3_cost"]
         out_dir.mkdir(parents=True, exist_ok=True)
         fig = MplFigure(figsize=(6.5, 4), dpi=120)
@@ -179,11 +182,6 @@ class CostModelExperiment:
 
 def measure_attack_iteration(params: dict[str, Any], progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Seconds per iteration of the Eq. 3 attack on random data (content does not change the cost)."""
-    import torch
-    import torch.nn.functional as F
-
-    from adversary.attacks import AttackInputs, ThreatModel, build_attack, record_bn_stats
-    from fl_sim.models import bn_layers, build_model
 
     torch.manual_seed(params["seed"])
     shape = tuple(params["image_shape"])

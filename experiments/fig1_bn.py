@@ -13,12 +13,11 @@ The paper preset adds the one high-resolution ImageNet image (224 px, alpha_TV 0
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from experiments import _inversion as inv
-from experiments.base import Cell, Figure, Table
+from experiments.base import Cell, CellContext, Figure, Table
 from experiments.registry import register
 
 _HIGHRES = {"data": {"name": "imagenet-sample", "root": "", "image_size": 224}, "model": {"name": "resnet18", "options": {}},
@@ -64,9 +63,9 @@ class Fig1BNExperiment:
                 cells.append(Cell(f"highres/{bn}", {**hr_common, "bn": bn}))
         return cells
 
-    def run_cell(self, cell: Cell, workdir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    def run_cell(self, cell: Cell, workdir: Path, ctx: CellContext) -> dict[str, Any]:
         p = cell.params
-        return inv.run_inversion(p, workdir, progress, images=p["images"], bn=p["bn"], alpha_tv=p["alpha_tv"],
+        return inv.run_inversion(p, workdir, ctx.progress, images=p["images"], bn=p["bn"], alpha_tv=p["alpha_tv"],
                                  alpha_bn=p["alpha_bn"], iterations=p["iterations"], restarts=p["restarts"],
                                  preset=p["preset"], offset=p.get("offset", 0))
 

@@ -9,14 +9,16 @@ labels (seeded per batch size) and their distinct labels counted.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure as MplFigure
 
-from experiments.base import Cell, Figure, Table
+from experiments.base import Cell, CellContext, Figure, Table
 from experiments.registry import register
+from fl_sim.data import load_dataset
 
 
 class LabelHistogramExperiment:
@@ -33,7 +35,7 @@ class LabelHistogramExperiment:
             for b in settings["batch_sizes"]
         ]
 
-    def run_cell(self, cell: Cell, workdir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    def run_cell(self, cell: Cell, workdir: Path, ctx: CellContext) -> dict[str, Any]:
         p = cell.params
         labels, num_classes = _train_labels(p["data"], p["seed"])
         return distinct_label_stats(labels, num_classes, p["batch_size"], p["batches"], p["seed"])
@@ -57,9 +59,6 @@ class LabelHistogramExperiment:
         return [table]
 
     def figures(self, settings: dict[str, Any], results: dict[str, dict[str, Any]], out_dir: Path) -> list[Figure]:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure as MplFigure
-
         out_dir.mkdir(parents=True, exist_ok=True)
         sizes = [b for b in settings["batch_sizes"] if f"b{b}" in results]
         fig = MplFigure(figsize=(6.5, 4), dpi=120)
@@ -84,8 +83,6 @@ class LabelHistogramExperiment:
 
 
 def _train_labels(data: dict[str, Any], seed: int) -> tuple[np.ndarray, int]:
-    from fl_sim.data import load_dataset
-
     ds = load_dataset(data["name"], root=data.get("root") or None, seed=seed)
     labels = ds.train_y.numpy().astype(np.int64)
     num_classes = len(ds.class_names) if ds.class_names else int(labels.max()) + 1

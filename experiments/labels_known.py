@@ -8,12 +8,11 @@ labels, the paper's worst case for the attacker). Label-inference strategies
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from experiments import _inversion as inv
-from experiments.base import Cell, Figure, Table
+from experiments.base import Cell, CellContext, Figure, Table
 from experiments.registry import register
 
 
@@ -44,9 +43,9 @@ class LabelsKnownExperiment:
                   "stat_images": settings["stat_images"], "bn": settings["bn"], **settings["attack"]}
         return [Cell(f"labels/{lab}", {**common, "labels": lab}) for lab in settings["label_settings"]]
 
-    def run_cell(self, cell: Cell, workdir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    def run_cell(self, cell: Cell, workdir: Path, ctx: CellContext) -> dict[str, Any]:
         p = cell.params
-        return inv.run_inversion(p, workdir, progress, images=p["images"], bn=p["bn"], alpha_tv=p["alpha_tv"],
+        return inv.run_inversion(p, workdir, ctx.progress, images=p["images"], bn=p["bn"], alpha_tv=p["alpha_tv"],
                                  alpha_bn=p["alpha_bn"], labels=p["labels"], iterations=p["iterations"],
                                  restarts=p["restarts"], preset=p["preset"])
 

@@ -18,14 +18,19 @@ vetting defense's detection rate on manipulated replies and false alarms on hone
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure as MplFigure
 
-from experiments.base import Cell, Figure, Table
+from adversary.evaluation import EXACT_PSNR
+from adversary.jobs import JobBook
+from experiments.base import Cell, CellContext, Figure, Table
 from experiments.registry import register
+from fl_sim.config import build_config
+from fl_sim.rundir import read_summary
 
 SERVERS = {
     "honest": {"label": "honest server (optimization attack)", "role": "curious-server"},
@@ -89,8 +94,8 @@ class MaliciousServerExperiment:
                     cells.append(Cell(f"{server}/b{b}/{d['label']}", params))
         return cells
 
-    def run_cell(self, cell: Cell, workdir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
-        return _run(cell.params, workdir, progress)
+    def run_cell(self, cell: Cell, workdir: Path, ctx: CellContext) -> dict[str, Any]:
+        return _run(cell.params, workdir, ctx)
 
     def tables(self, settings: dict[str, Any], results: dict[str, dict[str, Any]]) -> list[Table]:
         labels = [d["label"] for d in settings["defenses"]]
@@ -140,15 +145,12 @@ class MaliciousServerExperiment:
         return table
 
     def figures(self, settings: dict[str, Any], results: dict[str, dict[str, Any]], out_dir: Path) -> list[Figure]:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         out_dir.mkdir(parents=True, exist_ok=True)
         figures = []
         first = settings["defenses"][0]["label"]
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        fig = MplFigure(figsize=(6, 4), dpi=120)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
         for server in settings["servers"]:
             xs, ys = [], []
             for b in settings["batch_sizes"]:
@@ -166,7 +168,6 @@ class MaliciousServerExperiment:
         fig.tight_layout()
         path = out_dir / "exact_vs_batch.png"
         fig.savefig(path)
-        plt.close(fig)
         figures.append(Figure("exact_vs_batch", "Images recovered exactly vs batch size", path))
         b = 32 if 32 in settings["batch_sizes"] else settings["batch_sizes"][-1]
         grids = [(server, results.get(f"{server}/b{b}/{first}", {}).get("grid")) for server in settings["servers"]]
@@ -195,8 +196,6 @@ def attacked_round(params: dict[str, Any]) -> int:
 
 
 def _config(params: dict[str, Any], workdir: Path) -> Any:
-    from fl_sim.config import build_config
-
     d, b, server = params["defense"], params["batch_size"], params["server"]
     clients = params["secagg_clients"] if d.get("secagg") else 1
     rounds = params["rounds"]
@@ -228,13 +227,9 @@ def _config(params: dict[str, Any], workdir: Path) -> Any:
     return build_config(tree)
 
 
-def _run(params: dict[str, Any], workdir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
-    from adversary.jobs import JobBook
-    from adversary.malicious.recovery import EXACT_PSNR
-    from fl_sim.simulation import read_summary, run_simulation
-
-    progress(f"  {params['server']} server, batch size {params['batch_size']}, {params['defense']['label']}")
-    out = run_simulation(_config(params, workdir), quiet=True)
+def _run(params: dict[str, Any], workdir: Path, ctx: CellContext) -> dict[str, Any]:
+    ctx.progress(f"  {params['server']} server, batch size {params['batch_size']}, {params['defense']['label']}")
+    out = ctx.simulation()(_config(params, workdir), quiet=True)
     jobs = [j for j in JobBook(out.run_dir).jobs() if j.target.round == attacked_round(params)]
     failed = [j for j in jobs if j.state != "done"]
     if failed or not jobs:  # a failed cell is not cached; it runs again next time

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
+from pathlib import Path
 
 from experiments.base import Experiment
 
@@ -33,12 +36,7 @@ def list_experiments() -> list[Experiment]:
 
 def _load_all() -> None:
     """Import every experiment module of the package; each registers itself."""
-    import importlib
-    import pkgutil
-
-    import experiments
-
     infrastructure = {"base", "cache", "registry", "runner", "tables", "report"}
-    for info in pkgutil.iter_modules(experiments.__path__):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if info.name not in infrastructure and not info.name.startswith("_"):
             importlib.import_module(f"experiments.{info.name}")

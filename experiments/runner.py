@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import copy
 import fnmatch
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.base import Figure, Table
+from experiments.base import CellContext, Figure, Simulate, Table
 from experiments.cache import CellCache, cell_key
 from experiments.registry import ExperimentError, get_experiment
+from experiments.report import write_html_report
 from experiments.tables import to_markdown, write_table
-from fl_sim.config import apply_override
+from fl_sim.config import apply_override, deep_merge
 from fl_sim.rundir import package_versions, write_json_atomic
 
 SETTINGS_JSON = "settings.json"
@@ -38,16 +39,6 @@ def _check_keys(tree: dict[str, Any], reference: dict[str, Any], prefix: str = "
             _check_keys(value, reference[key], f"{prefix}{key}.")
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and out[key]:
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def resolve_settings(name: str, preset: str, overrides: list[str]) -> dict[str, Any]:
     exp = get_experiment(name)
     if preset not in exp.presets:
@@ -57,7 +48,7 @@ def resolve_settings(name: str, preset: str, overrides: list[str]) -> dict[str, 
         apply_override(tree, assignment)
     base = exp.presets[preset]
     _check_keys(tree, base)
-    return _merge(base, tree)
+    return deep_merge(base, tree)
 
 
 def experiment_dir(out_root: Path, name: str, preset: str, settings: dict[str, Any]) -> Path:
@@ -75,7 +66,6 @@ def render(name: str, out_dir: Path, settings: dict[str, Any], results: dict[str
     report += [to_markdown(t) for t in tables]
     report += [f"![{f.title}]({f.path.relative_to(out_dir)})\n" for f in figures]
     (out_dir / REPORT_MD).write_text("\n".join(report))
-    from experiments.report import write_html_report
 
     write_html_report(out_dir, f"{name}: {exp.description}", tables, figures, settings=settings)
     return tables, figures
@@ -88,9 +78,13 @@ def run_experiment(
     out_root: str | Path = "runs",
     progress: Callable[[str], None] = lambda _msg: None,
     only: list[str] | None = None,
+    simulate: Simulate | None = None,
 ) -> ExperimentOutcome:
     """Run the missing cells (or, with ``only``, those whose names match one of the globs; cached
-    cells of the same settings are reported too, so split runs merge in one directory)."""
+    cells of the same settings are reported too, so split runs merge in one directory).
+
+    ``simulate`` runs a federated simulation for the cells that need one (the app layer's
+    ``run_simulation``; experiments sit below the app and are handed it)."""
     settings = resolve_settings(name, preset, overrides or [])
     exp = get_experiment(name)
     cells = exp.cells(settings)
@@ -121,7 +115,7 @@ def run_experiment(
         start = time.perf_counter()
         workdir = out_dir / "work" / key
         workdir.mkdir(parents=True, exist_ok=True)
-        result = exp.run_cell(cell, workdir, progress)
+        result = exp.run_cell(cell, workdir, CellContext(progress, simulate))
         cache.put(key, {"cell": cell.name, "params": cell.params, "result": result, "seconds": time.perf_counter() - start})
         results[cell.name] = result
         ran += 1
@@ -131,7 +125,6 @@ def run_experiment(
 
 def report_experiment(out_dir: str | Path) -> tuple[list[Table], list[Figure]]:
     """Re-render tables and figures from an experiment directory's cached cells."""
-    import json
 
     out_dir = Path(out_dir)
     meta_path = out_dir / SETTINGS_JSON

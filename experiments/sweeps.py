@@ -8,12 +8,14 @@ Figure 4: one CIFAR-10 image, BN_exact, alpha_TV in {0, 0.001, 0.005, 0.01, 0.05
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure as MplFigure
+
 from experiments import _inversion as inv
-from experiments.base import Cell, Figure, Table
+from experiments.base import Cell, CellContext, Figure, Table
 from experiments.registry import register
 
 TV_VALUES = [0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5]
@@ -56,9 +58,9 @@ class SweepsExperiment:
             cells.append(Cell(f"bn/{v:g}", {**common, "images": bn["images"], "bn": bn["bn"], "alpha_tv": bn["alpha_tv"], "alpha_bn": float(v)}))
         return cells
 
-    def run_cell(self, cell: Cell, workdir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    def run_cell(self, cell: Cell, workdir: Path, ctx: CellContext) -> dict[str, Any]:
         p = cell.params
-        return inv.run_inversion(p, workdir, progress, images=p["images"], bn=p["bn"], alpha_tv=p["alpha_tv"],
+        return inv.run_inversion(p, workdir, ctx.progress, images=p["images"], bn=p["bn"], alpha_tv=p["alpha_tv"],
                                  alpha_bn=p["alpha_bn"], iterations=p["iterations"], restarts=p["restarts"], preset=p["preset"])
 
     def _points(self, settings: dict[str, Any], results: dict[str, dict[str, Any]], sweep: str) -> list[tuple[float, dict[str, Any]]]:
@@ -87,9 +89,6 @@ class SweepsExperiment:
         return tables
 
     def figures(self, settings: dict[str, Any], results: dict[str, dict[str, Any]], out_dir: Path) -> list[Figure]:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure as MplFigure
-
         out_dir.mkdir(parents=True, exist_ok=True)
         figures = []
         for sweep, (alpha, fig_name) in SWEEPS.items():

@@ -15,15 +15,30 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure as MplFigure
+from safetensors.torch import load_file
 
-from experiments.base import Cell, Figure, Table
+from adversary.attacks import huang_eq3_for_defense
+from adversary.decode import decode_with_keys
+from adversary.job import run_job
+from adversary.jobs import JobBook
+from adversary.metrics import evaluate_reconstruction
+from adversary.observation import client_updates
+from adversary.roles import AttackTarget
+from adversary.traffic_log import TrafficLog
+from experiments.base import Cell, CellContext, Figure, Table
 from experiments.registry import register
+from fl_sim.config import RunConfig, apply_override, build_config, deep_merge
+from fl_sim.deployment import load_card
+from fl_sim.ground_truth import GroundTruth
+from fl_sim.rundir import load_run_config
+from fl_sim.task import load_task
 
 ENCODERS = ("mixup", "instahide")
 
@@ -161,10 +176,10 @@ class TradeoffExperiment:
                     cells.append(Cell(f"attack/{attacker}/b{b}/{d['label']}", params))
         return cells
 
-    def run_cell(self, cell: Cell, workdir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    def run_cell(self, cell: Cell, workdir: Path, ctx: CellContext) -> dict[str, Any]:
         if cell.params["kind"] == "utility":
-            return _run_utility(cell.params, workdir)
-        return _run_attack(cell.params, workdir, progress)
+            return _run_utility(cell.params, workdir, ctx)
+        return _run_attack(cell.params, workdir, ctx)
 
     # -- outputs ---------------------------------------------------------
     def tables(self, settings: dict[str, Any], results: dict[str, dict[str, Any]]) -> list[Table]:
@@ -196,15 +211,12 @@ class TradeoffExperiment:
         return tables
 
     def figures(self, settings: dict[str, Any], results: dict[str, dict[str, Any]], out_dir: Path) -> list[Figure]:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         out_dir.mkdir(parents=True, exist_ok=True)
         b = settings["attack"]["batch_sizes"][0]
         attacker = settings["attack"]["attackers"][0]
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        fig = MplFigure(figsize=(6, 4), dpi=120)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
         for d in settings["defenses"]:
             u = results.get(f"utility/{d['label']}", {})
             a = results.get(f"attack/{attacker}/b{b}/{d['label']}", {})
@@ -218,7 +230,6 @@ class TradeoffExperiment:
         fig.tight_layout()
         path = out_dir / "tradeoff.png"
         fig.savefig(path)
-        plt.close(fig)
         return [Figure("tradeoff", "Accuracy vs LPIPS per defense", path)]
 
 
@@ -230,10 +241,10 @@ def _ratio(value: float | None, base: float | None) -> float | None:
     return None if value is None or not base else round(value / base, 2)
 
 
-def _run_config(params: dict[str, Any], workdir: Path, extra: list[str]) -> Any:
-    from fl_sim.config import apply_override, build_config
-
-    tree = {
+def _run_config(params: dict[str, Any], workdir: Path, sections: dict[str, Any], extra: list[str]) -> RunConfig:
+    """The cell's run config: its data, model and defenses, ``sections`` merged in, then the row's
+    own ``key=value`` settings (``utility_set`` / ``attack_set``), which win."""
+    tree = deep_merge({
         "seed": params["seed"],
         "name": params["kind"],
         "out_dir": str(workdir),
@@ -241,22 +252,19 @@ def _run_config(params: dict[str, Any], workdir: Path, extra: list[str]) -> Any:
         "model": {"name": params["model"]["name"], "options": params["model"].get("options", {})},
         "defenses": params["stack"],
         "engine": {"name": "inline"},
-    }
+    }, sections)
     for item in extra:
         apply_override(tree, item)
     return build_config(tree)
 
 
-def _run_utility(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    from fl_sim.simulation import run_simulation
-
-    cfg = _run_config(params, workdir, [
-        f"federation.num_clients={params['num_clients']}", f"federation.rounds={params['rounds']}",
-        f"federation.local_steps={params['local_steps']}", f"federation.batch_size={params['batch_size']}",
-        f"federation.lr={params['lr']}", "federation.protocol=fedavg", "tap.enabled=false", "tap.ground_truth=false",
-        *params.get("utility_set", []),
-    ])
-    outcome = run_simulation(cfg, quiet=True)
+def _run_utility(params: dict[str, Any], workdir: Path, ctx: CellContext) -> dict[str, Any]:
+    cfg = _run_config(params, workdir, {
+        "federation": {"num_clients": params["num_clients"], "rounds": params["rounds"], "local_steps": params["local_steps"],
+                       "batch_size": params["batch_size"], "lr": params["lr"], "protocol": "fedavg"},
+        "tap": {"enabled": False, "ground_truth": False},
+    }, params.get("utility_set", []))
+    outcome = ctx.simulation()(cfg, quiet=True)
     last = outcome.result.rounds[-1]
     # Training time: the rounds' training part only (no start-up, no evaluation).
     train_s = sum(r.wall_s - r.eval_s for r in outcome.result.rounds)
@@ -270,35 +278,29 @@ def _summary(values: list[float]) -> dict[str, float | None]:
     return {"lpips_avg": float(arr.mean()), "lpips_best": float(arr.min()), "lpips_std": float(arr.std())}
 
 
-def _run_attack(params: dict[str, Any], workdir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
-    from adversary.attack_job import run_attack_on_message
-    from adversary.attacks import huang_eq3_for_defense
-    from adversary.observation import client_updates
-    from adversary.traffic_log import TrafficLog
-    from fl_sim.simulation import run_simulation
-
+def _run_attack(params: dict[str, Any], workdir: Path, ctx: CellContext) -> dict[str, Any]:
     b = params["batch_size"]
     encoder = _encoder(params["stack"])
     attacker = ATTACKERS[params["attacker"]]
-    overrides = _deep_merge(huang_eq3_for_defense(_defense_kind(params["stack"])), attacker["attack"])
+    overrides = deep_merge(huang_eq3_for_defense(_defense_kind(params["stack"])), attacker["attack"])
     overrides["iterations"] = params["iterations"]
     if params.get("role"):
-        return _run_role_attack(params, workdir, overrides, attacker["threat"], progress)
+        return _run_role_attack(params, workdir, overrides, attacker["threat"], ctx)
     private = math.ceil(max(params["images"], b) / b) * b
     rounds = (private // b) * (params["epochs"] if encoder else 1)
-    cfg = _run_config(params, workdir, [
-        "federation.num_clients=1", f"data.max_train={private}", "federation.protocol=fedsgd",
-        f"federation.batch_size={b}", f"federation.rounds={rounds}", "data.max_test=64", *params.get("attack_set", []),
-    ])
-    run_dir = run_simulation(cfg, quiet=True).run_dir
+    cfg = _run_config(params, workdir, {
+        "federation": {"num_clients": 1, "protocol": "fedsgd", "batch_size": b, "rounds": rounds},
+        "data": {"max_train": private, "max_test": 64},
+    }, params.get("attack_set", []))
+    run_dir = ctx.simulation()(cfg, quiet=True).run_dir
     with TrafficLog.open(run_dir) as log:
         updates = [m.id for m in client_updates(log)]
     per_image: list[float] = []
     attacks = []
     for i, msg_id in enumerate(updates, 1):
-        progress(f"  attack {i}/{len(updates)} (message {msg_id})")
-        threat = dict(attacker["threat"])
-        outcome = run_attack_on_message(run_dir, msg_id, params["preset"], attack_overrides=overrides, threat=threat)
+        ctx.progress(f"  attack {i}/{len(updates)} (message {msg_id})")
+        outcome = run_job(run_dir, AttackTarget("update", None, (msg_id,)), params["preset"], attack_overrides=overrides,
+                          threat=dict(attacker["threat"]))
         attacks.append(str(outcome.out_dir))
         per_image += outcome.metrics.get("lpips", [])
     result: dict[str, Any] = {"run_dir": str(run_dir), "attacks": attacks, "updates": len(updates)}
@@ -311,26 +313,21 @@ def _run_attack(params: dict[str, Any], workdir: Path, progress: Callable[[str],
 
 
 def _run_role_attack(params: dict[str, Any], workdir: Path, overrides: dict[str, Any], threat: dict[str, Any],
-                     progress: Callable[[str], None]) -> dict[str, Any]:
+                     ctx: CellContext) -> dict[str, Any]:
     """An adversary role attacks during a run of ``clients`` participants (e.g. the
     malicious client or, under secure aggregation, the curious server: aggregates)."""
-    from adversary.jobs import JobBook
-    from fl_sim.config import AdversaryConfig
-    from fl_sim.simulation import run_simulation
-
     b, clients = params["batch_size"], params.get("clients", 3)
-    cfg = _run_config(params, workdir, [
-        f"federation.num_clients={clients}", f"data.max_train={clients * max(params['images'], b)}",
-        "federation.protocol=fedsgd", f"federation.batch_size={b}", "federation.rounds=3", "data.max_test=64",
-        *params.get("attack_set", []),
-    ])
     grants = {k: v for k, v in threat.items() if k != "bn_stats"}  # no private batch BN stats for aggregates
     # Aggregates have no single private batch: no BN statistics to grant, no BN prior.
-    overrides = _deep_merge(overrides, ATTACKERS["realistic"]["attack"])
-    cfg.adversary = AdversaryConfig(role=params["role"], preset=params["preset"], attack=overrides,
-                                    threat={**grants, "bn_stats": "none"}, workers=1)
-    progress(f"  {params['role']} attacking during the run")
-    run_dir = run_simulation(cfg, quiet=True).run_dir
+    overrides = deep_merge(overrides, ATTACKERS["realistic"]["attack"])
+    cfg = _run_config(params, workdir, {
+        "federation": {"num_clients": clients, "protocol": "fedsgd", "batch_size": b, "rounds": 3},
+        "data": {"max_train": clients * max(params["images"], b), "max_test": 64},
+        "adversary": {"role": params["role"], "preset": params["preset"], "attack": overrides,
+                      "threat": {**grants, "bn_stats": "none"}, "workers": 1},
+    }, params.get("attack_set", []))
+    ctx.progress(f"  {params['role']} attacking during the run")
+    run_dir = ctx.simulation()(cfg, quiet=True).run_dir
     jobs = JobBook(run_dir).jobs()
     failed = [j for j in jobs if j.state != "done"]
     if failed:  # a failed cell is not cached; it runs again next time
@@ -339,13 +336,6 @@ def _run_role_attack(params: dict[str, Any], workdir: Path, overrides: dict[str,
     per_image = [v for j in jobs if j.metrics for v in j.metrics.get("lpips", [])]
     return {"run_dir": str(run_dir), "attacks": [j.out_dir for j in jobs], "updates": len(jobs),
             "failed": sum(j.state != "done" for j in jobs), **_summary(per_image)}
-
-
-def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _decode(run_dir: Path, attack_dirs: list[str]) -> dict[str, Any]:
@@ -357,19 +347,9 @@ def _decode(run_dir: Path, attack_dirs: list[str]) -> dict[str, Any]:
     recover: images up to the sign of each pixel's deviation from ``c``), so that is
     what it is scored against, the attacker-favourable upper bound.
     """
-    from safetensors.torch import load_file
-
-    from adversary.decode import decode_with_keys
-    from adversary.ground_truth import GroundTruth
-    from adversary.metrics import evaluate_reconstruction
-    from adversary.observation import encoding_of
-    from adversary.traffic_log import TrafficLog
-    from fl_sim.rundir import load_run_config
-    from fl_sim.task import load_task
-
     truth = GroundTruth.open(run_dir)
     task = load_task(load_run_config(run_dir))
-    center = encoding_of(task, task.new_model())["sign_center"]
+    center = load_card(run_dir).sign_center
     unsign = (lambda x: x) if center is None else (lambda x: (x - torch.tensor(center).view(1, -1, 1, 1)).abs())
     pool = np.asarray(task.partitions[0])
     local = {int(g): i for i, g in enumerate(pool)}

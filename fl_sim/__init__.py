@@ -1,7 +1,7 @@
-"""fl-sim: federated learning simulation with an eavesdropping adversary."""
+"""fl-sim's core: configuration, data, models, the task, run directories and the formats below everyone.
 
-from fl_sim.netguard import apply_offline_env as _apply_offline_env
-
-_apply_offline_env()
+Importing it changes nothing outside it (no environment variables, no network settings);
+the app layer (:mod:`app`) does that when it starts.
+"""
 
 __version__ = "0.1.0"

@@ -7,12 +7,19 @@ is allowed (:class:`ConfigError`).
 
 from __future__ import annotations
 
+import copy
 import json
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+
+from fl_sim.registry import Registry
+from fl_sim.threat import ThreatSettings
+from fl_sim.validation import one_line
+from fl_sim.wire import steps_per_update, update_kind
 
 
 class ConfigError(ValueError):
@@ -72,6 +79,19 @@ class FederationConfig(_Section):
     @property
     def sampled_per_round(self) -> int:
         return self.clients_per_round or self.num_clients
+
+    @property
+    def steps_per_update(self) -> int:
+        return steps_per_update(self.protocol, self.local_steps)
+
+    @property
+    def examples_per_update(self) -> int:
+        """The most examples one client's update covers (batch size x local steps)."""
+        return self.batch_size * self.steps_per_update
+
+    @property
+    def update_kind(self) -> str:
+        return update_kind(self.protocol, self.upload)
 
 
 class SecAggConfig(_Section):
@@ -156,33 +176,122 @@ class TapConfig(_Section):
     ground_truth: bool = True
 
 
+# Checks of an attack's settings (preset name and overrides) that the adversary registers here, so a
+# bad ``adversary.attack`` fails when the config loads, not after training. Each raises ValueError (one line).
+ATTACK_SETTINGS_CHECKS: list[Callable[[str, dict[str, Any]], None]] = []
+
+
 class AdversaryConfig(_Section):
-    """Who attacks during the run: a role (by name or ``module:Class``) and its attack."""
+    """Who attacks during the run: a role (by name or ``module:Class``), its attack and its threat model."""
 
     role: str = "none"
     options: dict[str, Any] = Field(default_factory=dict)
     preset: str = "inverting-gradients"
     attack: dict[str, Any] = Field(default_factory=dict)
-    threat: dict[str, Any] = Field(default_factory=dict)
+    threat: ThreatSettings = Field(default_factory=ThreatSettings)
     workers: int | None = Field(None, ge=1, le=64)  # default: one per GPU under Ray, else 1
     worker_cpus: float = Field(0.0, ge=0)
     wait: bool = True
     max_attacks: int | None = Field(None, ge=1)
+
+    @field_validator("threat", mode="before")
+    @classmethod
+    def _threat(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            try:
+                return ThreatSettings.model_validate(value)
+            except ValidationError as exc:
+                # The settings phrase their errors as threat_model.<key>; in a config that key is adversary.threat.<key>.
+                line = one_line(exc, prefix="adversary.threat")
+                raise ValueError(line.replace("adversary.threat.threat_model.", "adversary.threat.", 1)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _attack_settings(self) -> AdversaryConfig:
+        if self.active:
+            for check in ATTACK_SETTINGS_CHECKS:
+                try:
+                    check(self.preset, dict(self.attack))
+                except ValueError as exc:
+                    raise ValueError(_attack_key(str(exc).strip("'\""))) from None
+        return self
 
     @property
     def active(self) -> bool:
         return self.role != "none"
 
 
+def _attack_key(text: str) -> str:
+    """An attack settings error under its config key: adversary.preset, adversary.attack.<key> or adversary.attack."""
+    if text.startswith("unknown preset"):
+        return f"adversary.preset: {text}"
+    head, sep, rest = text.partition(": ")
+    if sep and " " not in head:
+        return f"adversary.attack.{head}: {rest}"
+    return f"adversary.attack: {text}"
+
+
 class DefenseParams(_Section):
     """Base of every client-side defense's typed parameters.
 
-    Each defense in ``clients/defenses/`` subclasses this with ``name: Literal[...]``
-    and its own fields, and registers both with ``@register_defense``. The
-    ``defenses`` list of :class:`RunConfig` dispatches each entry on ``name``.
+    Each defense in ``clients/defenses/`` subclasses this with ``name: Literal[...]``,
+    its ``kind`` and its own fields, and registers it in :data:`DEFENSE_PARAMS`
+    (``@register_defense`` does both this and the implementation). The ``defenses``
+    list of :class:`RunConfig` dispatches each entry on ``name``.
     """
 
+    kind: ClassVar[str] = "update"
     name: str
+
+
+DEFENSE_KINDS = {
+    "encoder": "batch encoder (acts on the (x, y) batch before the local step)",
+    "step": "gradient step (replaces how a batch's gradient is computed)",
+    "update": "update transform (acts on the outgoing gradient/update)",
+    "vet": "model vetting (inspects the received model before training)",
+}
+# Defense name -> its parameters (a DefenseParams subclass); filled by the defense packages.
+DEFENSE_PARAMS = Registry("defense")
+
+
+def parse_defenses(value: Any) -> list[DefenseParams]:
+    """Validate the raw ``defenses`` list into typed parameter models (one line naming the key on error)."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f'defenses: expected a list of tables like [{{name="gradprune", p=0.9}}], got {value!r}')
+    out: list[DefenseParams] = []
+    for i, entry in enumerate(value):
+        key = f"defenses[{i}]"
+        if isinstance(entry, DefenseParams):
+            entry = entry.model_dump()
+        if not isinstance(entry, dict):
+            raise ValueError(f'{key}: expected a table like {{name="gradprune", p=0.9}}, got {entry!r}')
+        name = entry.get("name")
+        if name is None:
+            raise ValueError(f"{key}.name: required; choose one of: {DEFENSE_PARAMS.choices()}")
+        if name not in DEFENSE_PARAMS:
+            raise ValueError(f"{key}.name: unknown defense {name!r}; choose one of: {DEFENSE_PARAMS.choices()}")
+        try:
+            out.append(DEFENSE_PARAMS[name].model_validate(entry))
+        except ValidationError as exc:
+            raise ValueError(one_line(exc, prefix=key)) from None
+    _check_combination(out)
+    return out
+
+
+def _check_combination(chosen: list[DefenseParams]) -> None:
+    seen: dict[str, int] = {}
+    for i, params in enumerate(chosen):
+        if params.name in seen:
+            raise ValueError(f"defenses[{i}]: {params.name!r} is already listed at defenses[{seen[params.name]}]")
+        seen[params.name] = i
+    for kind in ("encoder", "step", "vet"):
+        where = [(i, p.name) for i, p in enumerate(chosen) if p.kind == kind]
+        if len(where) > 1:
+            names = ", ".join(sorted(n for n, cls in DEFENSE_PARAMS.items() if cls.kind == kind))
+            listed = " and ".join(f"{n} at defenses[{i}]" for i, n in where)
+            raise ValueError(f"defenses: at most one {DEFENSE_KINDS[kind]} may be used ({names}); got {listed}")
 
 
 class RunConfig(_Section):
@@ -204,9 +313,6 @@ class RunConfig(_Section):
     @field_validator("defenses", mode="before")
     @classmethod
     def _defenses(cls, value: Any) -> list[DefenseParams]:
-        # Imported lazily: the defenses live with the clients and import torch.
-        from clients.defenses.registry import parse_defenses
-
         return parse_defenses(value)
 
     @model_validator(mode="after")
@@ -229,8 +335,7 @@ class RunConfig(_Section):
                 f"secagg.quantization_range: {sampled} clients x {sa.quantization_range} exceeds "
                 f"secagg.modulus_range ({sa.modulus_range}); the masked sum would overflow"
             )
-        fed = self.federation
-        most = fed.batch_size * (fed.local_steps if fed.protocol == "fedavg" else 1)
+        most = self.federation.examples_per_update
         if sa.max_weight is not None and sa.max_weight < most:
             raise ValueError(
                 f"secagg.max_weight: must be >= the most examples a client reports per round ({most}), "
@@ -241,37 +346,27 @@ class RunConfig(_Section):
     @property
     def secagg_max_weight(self) -> float:
         """SecAgg+'s ``max_weight``: the configured one, or the most examples a client reports per round."""
-        fed = self.federation
         if self.secagg.max_weight is not None:
             return float(self.secagg.max_weight)
-        return float(fed.batch_size * (fed.local_steps if fed.protocol == "fedavg" else 1))
+        return float(self.federation.examples_per_update)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def updated(self, **sections: Any) -> RunConfig:
+        """A validated copy with nested updates merged in (``federation={"rounds": 3}``)."""
+        return build_config(deep_merge(self.to_dict(), sections))
 
-def _one_line(error: ValidationError, prefix: str = "") -> str:
-    """The first error as one line; ``prefix`` (e.g. ``defenses[0]``) is put before its key."""
-    first = error.errors()[0]
-    key = ".".join([prefix, *(str(p) for p in first["loc"])] if prefix else [str(p) for p in first["loc"]])
-    kind = first["type"]
-    msg = first["msg"]
-    if kind == "extra_forbidden":
-        return f"{key}: unknown key"
-    if kind == "value_error":
-        # Our own validators already phrase the message with the key.
-        text = msg.removeprefix("Value error, ")
-        head = text.split(" ")[0]
-        if ":" in head:
-            return f"{prefix}.{text}" if prefix and not head.startswith(prefix) else text
-        return f"{key}: {text}"
-    if kind == "missing":
-        return f"{key}: required"
-    if kind == "literal_error":
-        allowed = first.get("ctx", {}).get("expected", "")
-        return f"{key}: must be one of {allowed} (got {first.get('input')!r})"
-    got = first.get("input")
-    return f"{key}: {msg.lower()} (got {got!r})"
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``, nested dicts key by key (non-empty ones; an empty one replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and out[key]:
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _parse_value(raw: str) -> Any:
@@ -302,7 +397,7 @@ def build_config(tree: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from None
+        raise ConfigError(one_line(exc)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -19,7 +19,7 @@ from typing import Any
 
 import tomli_w
 
-from fl_sim.config import RunConfig
+from fl_sim.config import RunConfig, config_from_json
 
 PACKAGES = ("fl-sim", "torch", "torchvision", "flwr", "ray", "numpy", "lpips", "safetensors", "pydantic")
 
@@ -29,6 +29,7 @@ META_JSON = "meta.json"
 METRICS_JSONL = "metrics.jsonl"
 SUMMARY_JSON = "summary.json"
 PARTITIONS_JSON = "partitions.json"
+SIMULATION_JSON = "simulation.json"  # audits: which simulated node holds which partition (evaluation only)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -101,6 +102,8 @@ def create_run_dir(config: RunConfig, *, command: list[str] | None = None) -> Pa
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
-    from fl_sim.config import config_from_json
-
     return config_from_json((Path(run_dir) / CONFIG_JSON).read_text())
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / SUMMARY_JSON).read_text())

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fl_sim.config import RunConfig, config_from_json
 from fl_sim.data import Dataset, load_dataset, partition_indices
@@ -89,3 +90,17 @@ def _task_from_json(config_json: str) -> Task:
 
 def load_task(config: RunConfig) -> Task:
     return _task_from_json(config.model_dump_json())
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy in eval mode."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        logits = model(xb)
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    n = max(len(y), 1)
+    return loss_sum / n, correct / n

@@ -1,42 +1,44 @@
-"""The ServerApp: the round loop (or, with ``federation.secagg``, Flower's SecAgg+ workflow) behind a (possibly tapped) Grid."""
+"""The ServerApp: the round loop (or, with ``federation.secagg``, Flower's SecAgg+ workflow) on a Grid.
+
+The server knows nothing of taps or adversaries. The layer that wires a run may
+pass ``around``: given the Grid, it opens a session around the rounds that hands
+back the Grid to use (a tapped one, say) and a wrapper for the strategy (a
+malicious server's), and closes it after the last round while the runtime is
+still up.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
-from adversary.tap import TappedGrid
-from adversary.traffic_log import TrafficWriter
 from fl_sim.config import RunConfig
-from server.loop import FederatedLoop, TrainingResult
+from fl_sim.rounds import RoundStrategy
+from server.loop import run_rounds
+from server.rounds import TrainingResult
+from server.secagg import run_secagg_rounds
+from server.strategy import FedStrategy
+
+StrategyWrapper = Callable[[RoundStrategy], RoundStrategy]
+Around = Callable[[Grid], AbstractContextManager[tuple[Grid, StrategyWrapper]]]
 
 
-def _start_adversary(config: RunConfig, run_path: Path):  # noqa: ANN202
-    from adversary.service import role_context, start_adversary
-    from fl_sim.engine.node_ids import node_ids_for
-
-    nodes = node_ids_for(config.seed, config.federation.num_clients)
-    context = role_context(config.federation.secagg, dict(enumerate(nodes)))
-    return start_adversary(run_path, config.adversary, context, config.engine.name)
-
-
-def _manipulation(config: RunConfig, run_path: Path | None, adversary: Any):  # noqa: ANN202
-    """A malicious server's strategy (what it sends; the aggregates it sees go to the adversary), if that is the role."""
-    if config.adversary.role != "malicious-server":
-        return None
-    from adversary.malicious.from_config import manipulation_from_config
-
-    return manipulation_from_config(config, run_path, adversary.on_server_aggregate if adversary is not None else None)
+@contextlib.contextmanager
+def _plain(grid: Grid) -> Iterator[tuple[Grid, StrategyWrapper]]:
+    yield grid, lambda strategy: strategy
 
 
 def make_server_app(
     config: RunConfig,
     run_dir: str | Path | None,
+    *,
+    around: Around | None = None,
     on_result: Callable[[TrainingResult], None] | None = None,
     quiet: bool = False,
 ) -> ServerApp:
@@ -45,30 +47,13 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        writer = None
-        adversary = None
-        if config.tap.enabled and run_path is not None:
-            writer = TrafficWriter(run_path)
-            if config.adversary.active:
-                adversary = _start_adversary(config, run_path)
-            grid = TappedGrid(grid, writer, observe=adversary.on_intercept if adversary is not None else None)
-        try:
-            manipulation = _manipulation(config, run_path, adversary)
+        console = Console(stderr=True, quiet=quiet)
+        with (around or _plain)(grid) as (session_grid, wrap):
+            strategy = wrap(FedStrategy(config))
             if config.federation.secagg:
-                from server.secagg import run_secagg  # Flower's legacy SecAgg+ workflow
-
-                result = run_secagg(config, run_path, grid, context, console=Console(stderr=True, quiet=quiet),
-                                    manipulation=manipulation)
+                result = run_secagg_rounds(config, session_grid, context, strategy, run_path, console)
             else:
-                result = FederatedLoop(config, run_path, console=Console(stderr=True, quiet=quiet),
-                                       manipulation=manipulation).run(grid)
-        finally:
-            if adversary is not None:
-                states = adversary.finish(config.adversary.wait)
-                Console(stderr=True, quiet=quiet).print(
-                    "adversary: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + " attacks")
-            if writer is not None:
-                writer.close()
+                result = run_rounds(config, session_grid, strategy, run_path, console)
         if on_result is not None:
             on_result(result)
 

@@ -15,10 +15,11 @@ ServerApp runs ``DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...))`` on a
    recovers the weighted mean of the updates, and only that reaches
    :meth:`SecAggStrategy.aggregate_fit`.
 
-The strategy applies the same rules as the Message-API loop (:mod:`server.strategies`):
-FedSGD ``w - lr * mean(g)`` (shared buffers averaged), FedAvg the mean of the weights
-or ``w + mean(delta)``, and does the same bookkeeping (server-side or client-side
-evaluation, ``metrics.jsonl`` rows, final weights) through :class:`server.loop.FederatedLoop`.
+:class:`SecAggStrategy` adapts the run's :class:`fl_sim.rounds.RoundStrategy` (the same
+one the Message-API loop drives) to Flower's legacy Strategy API: it hands the recovered
+mean to the strategy, which applies the protocol's rule (:mod:`server.aggregation`), and
+does the same bookkeeping (:mod:`server.rounds`: sampling, server-side or client-side
+evaluation, ``metrics.jsonl`` rows, final weights).
 
 Precision: stochastic quantization with step ``2 * clipping_range / quantization_range``
 on the weighted values; each recovered mean entry is within about that step of the
@@ -32,11 +33,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, RecordDict
+from flwr.app import Context
 from flwr.common import (
     EvaluateIns,
     EvaluateRes,
@@ -56,8 +56,9 @@ from flwr.serverapp import Grid
 from rich.console import Console
 
 from fl_sim.config import RunConfig
-from server.loop import ClientFailure, FederatedLoop, RoundStats, TrainingResult
-from server.strategies import Reply, aggregate
+from fl_sim.rounds import RoundStrategy, RoundUpdate
+from fl_sim.wire import COMPUTE_S, SERVER_ROUND, TRAIN_LOSS
+from server.rounds import ClientFailure, RoundLog, RoundStats, TrainingResult, check_node_ids, mean_eval, mean_train_loss, sample_clients
 
 
 @dataclass
@@ -69,27 +70,24 @@ class _Round:
     compute_s: float = 0.0
     clients: int = 0
     eval_start: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # the tensors sent for training, in wire order
 
 
-class SecAggStrategy(Strategy):
-    """Legacy strategy for :class:`SecAggPlusWorkflow` implementing our FedSGD/FedAvg rules."""
+def _parameters(state: dict[str, torch.Tensor]) -> Parameters:
+    return ndarrays_to_parameters([v.detach().cpu().numpy() for v in state.values()])
 
-    def __init__(self, config: RunConfig, loop: FederatedLoop, node_timeout: float = 120.0) -> None:
+
+class SecAggStrategy(Strategy):
+    """Legacy strategy for :class:`SecAggPlusWorkflow` driving a :class:`fl_sim.rounds.RoundStrategy`."""
+
+    def __init__(self, config: RunConfig, strategy: RoundStrategy, log: RoundLog, node_timeout: float = 120.0) -> None:
         self.config = config
-        self.loop = loop
-        self.keys = list(loop.shared_keys)
-        self.param_keys = {k for k, _ in loop.model.named_parameters()}
-        self.result = TrainingResult()
-        self.eval_on_clients = loop.task.eval_on_clients(loop.model)
+        self.strategy = strategy
+        self.log = log
         self.node_timeout = node_timeout
         self._rounds: dict[int, _Round] = {}
 
     # -- helpers ------------------------------------------------------------
-    def _parameters(self) -> Parameters:
-        return ndarrays_to_parameters([self.loop.state[k].detach().cpu().numpy() for k in self.keys])
-
     def _proxies(self, client_manager: ClientManager) -> dict[int, ClientProxy]:
         expected = self.config.federation.num_clients
         deadline = time.monotonic() + self.node_timeout
@@ -98,6 +96,7 @@ class SecAggStrategy(Strategy):
         proxies = {int(p.node_id): p for p in client_manager.all().values()}
         if len(proxies) < expected:
             raise RuntimeError(f"only {len(proxies)} of {expected} client nodes registered")
+        check_node_ids(self.config, proxies)
         return proxies
 
     def _check_aggregated(self, rnd: int) -> _Round:
@@ -108,7 +107,7 @@ class SecAggStrategy(Strategy):
 
     def _finish_round(self, rnd: int, loss: float, acc: float, eval_s: float) -> None:
         state = self._check_aggregated(rnd)
-        stats = RoundStats(
+        self.log.record(RoundStats(
             round=rnd,
             clients=state.clients,
             train_loss=state.train_loss,
@@ -117,29 +116,22 @@ class SecAggStrategy(Strategy):
             wall_s=time.perf_counter() - state.start,
             client_compute_s=state.compute_s,
             eval_s=eval_s,
-        )
-        self.loop.record_round(stats, self.result)
+        ))
 
     # -- Strategy ---------------------------------------------------------------
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-        return self._parameters()
+        return _parameters(self.strategy.global_state())
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         start = time.perf_counter()
         proxies = self._proxies(client_manager)
-        nodes = sorted(proxies)
-        fed = self.config.federation
-        # The same draw as FederatedLoop.run, so both paths train the same clients.
-        rng = np.random.default_rng([self.config.seed, server_round])
-        picked = rng.choice(len(nodes), size=fed.sampled_per_round, replace=False)
-        sampled = sorted(nodes[i] for i in picked)
-        # A malicious server may send other tensors (and an inserted block's, appended in order).
-        sent, extra = self.loop.sent_state(server_round, "train")
-        self._rounds[server_round] = _Round(start=start, sampled=sampled, shapes={k: tuple(v.shape) for k, v in sent.items()})
-        parameters = ndarrays_to_parameters([v.detach().cpu().numpy() for v in sent.values()])
-        fit_ins = FitIns(parameters, {**self.loop.round_config(server_round), **extra})
+        sampled = sample_clients(self.config.seed, server_round, list(proxies), self.config.federation.sampled_per_round)
+        plan = self.strategy.configure_train(server_round)  # a malicious server may send other tensors (in order)
+        self._rounds[server_round] = _Round(start=start, sampled=sampled,
+                                            shapes={k: tuple(v.shape) for k, v in plan.tensors.items()})
+        fit_ins = FitIns(_parameters(plan.tensors), dict(plan.config))
         return [(proxies[node], fit_ins) for node in sampled]
 
     def aggregate_fit(
@@ -159,11 +151,8 @@ class SecAggStrategy(Strategy):
         # them again by num_examples changes nothing (and keeps the plain legacy fit
         # workflow, where each result is one client's update, correct too).
         total = sum(res.num_examples for _, res in results)
-        if total == 0:  # every client refused the round: the model stays
-            state.aggregated, state.clients, state.train_loss = True, len(results), float("nan")
-            return self._parameters(), {}
         mean: dict[str, torch.Tensor] = {}
-        for _, res in results:
+        for _, res in results if total else ():
             arrays = parameters_to_ndarrays(res.parameters)
             if len(arrays) != len(state.shapes):
                 raise ClientFailure(f"expected {len(state.shapes)} aggregated tensors, got {len(arrays)}")
@@ -171,49 +160,35 @@ class SecAggStrategy(Strategy):
             for (key, shape), array in zip(state.shapes.items(), arrays):
                 term = torch.from_numpy(np.asarray(array, dtype=np.float64)).reshape(shape) * weight
                 mean[key] = mean[key] + term if key in mean else term
-        if self.loop.manipulation is not None:  # the server learns the unmasked mean: a malicious one attacks it
-            self.loop.manipulation.aggregated(server_round, dict(mean), state.sampled, total, self.config.federation.protocol)
-        mean = {k: v for k, v in mean.items() if k in self.loop.state}
-        for key, value in mean.items():
-            if not self.loop.state[key].is_floating_point():
-                mean[key] = value.round()  # e.g. num_batches_tracked, shared without FedBN
-        content = RecordDict()
-        if self.config.federation.protocol == "fedsgd":
-            content["arrays"] = ArrayRecord({k: v for k, v in mean.items() if k in self.param_keys})
-            buffers = {k: v for k, v in mean.items() if k not in self.param_keys}
-            if buffers:
-                content["buffers"] = ArrayRecord(buffers)
-        else:
-            content["arrays"] = ArrayRecord(mean)
-        if not self.loop.manipulated(server_round):
-            before = self.loop.state
-            self.loop.state = aggregate(self.loop.state, [Reply(content, 1)], self.config.federation)
-            self.loop.observe_honest_round(server_round, before)
+        # The server learns only the unmasked mean (a malicious one attacks it).
+        self.strategy.aggregate_train(RoundUpdate(server_round, mean, total, tuple(state.sampled),
+                                                  self.config.federation.protocol, visible_replies=False))
         state.aggregated = True
         state.clients = len(results)
-        state.train_loss = sum(float(res.metrics["train-loss"]) * res.num_examples for _, res in results) / total
-        state.compute_s = sum(float(res.metrics["compute-s"]) for _, res in results)
-        return self._parameters(), {"train-loss": state.train_loss}
+        state.train_loss = mean_train_loss((float(res.metrics[TRAIN_LOSS]), res.num_examples) for _, res in results)
+        state.compute_s = sum(float(res.metrics[COMPUTE_S]) for _, res in results) if total else 0.0
+        return _parameters(self.strategy.global_state()), ({TRAIN_LOSS: state.train_loss} if total else {})
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
         if server_round == 0:
             return None  # the Message-API loop does not evaluate the initial model either
         self._check_aggregated(server_round)
-        if self.eval_on_clients:
+        if self.strategy.configure_evaluate(server_round) is not None:
             return None
         start = time.perf_counter()
-        loss, acc = self.loop.evaluate_global()
+        loss, acc = self.strategy.evaluate_global()
         self._finish_round(server_round, loss, acc, time.perf_counter() - start)
         return loss, {"accuracy": acc}
 
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
-        if not self.eval_on_clients:
+        plan = self.strategy.configure_evaluate(server_round)
+        if plan is None:
             return []
         self._rounds[server_round].eval_start = time.perf_counter()
         proxies = self._proxies(client_manager)
-        ins = EvaluateIns(self._parameters(), {"server-round": server_round})
+        ins = EvaluateIns(_parameters(plan.tensors), {SERVER_ROUND: server_round})
         return [(proxies[node], ins) for node in sorted(proxies)]
 
     def aggregate_evaluate(
@@ -225,9 +200,7 @@ class SecAggStrategy(Strategy):
         expected = self.config.federation.num_clients
         if failures or len(results) < expected:
             raise ClientFailure(f"evaluation in round {server_round}: {len(results)} of {expected} clients answered")
-        total = sum(res.num_examples for _, res in results)
-        loss = sum(float(res.metrics["eval-loss"]) * res.num_examples for _, res in results) / total
-        acc = sum(float(res.metrics["eval-acc"]) * res.num_examples for _, res in results) / total
+        loss, acc = mean_eval((res.metrics, res.num_examples) for _, res in results)
         eval_s = time.perf_counter() - self._rounds[server_round].eval_start
         self._finish_round(server_round, loss, acc, eval_s)
         return loss, {"accuracy": acc}
@@ -246,19 +219,15 @@ def secagg_workflow(config: RunConfig) -> SecAggPlusWorkflow:
     )
 
 
-def run_secagg(
-    config: RunConfig, run_dir: Path | None, grid: Grid, context: Context, console: Console | None = None,
-    manipulation: Any = None,
-) -> TrainingResult:
-    """All rounds under SecAgg+ on ``grid`` (tapped or not); returns what FederatedLoop.run would.
-
-    ``manipulation``: a malicious server's strategy (:class:`adversary.malicious.record.Manipulation`)."""
-    loop = FederatedLoop(config, run_dir, console=console, manipulation=manipulation)
-    strategy = SecAggStrategy(config, loop)
-    legacy = LegacyContext(context, config=ServerConfig(num_rounds=config.federation.rounds), strategy=strategy)
-    DefaultWorkflow(fit_workflow=secagg_workflow(config))(grid, legacy)
-    if len(strategy.result.rounds) != config.federation.rounds:
+def run_secagg_rounds(config: RunConfig, grid: Grid, context: Context, strategy: RoundStrategy, run_dir: Path | None,
+                      console: Console | None = None) -> TrainingResult:
+    """All rounds under SecAgg+ on ``grid`` (tapped or not); returns what the Message-API loop would."""
+    log = RoundLog(config, run_dir, console)
+    legacy = SecAggStrategy(config, strategy, log)
+    context = LegacyContext(context, config=ServerConfig(num_rounds=config.federation.rounds), strategy=legacy)
+    DefaultWorkflow(fit_workflow=secagg_workflow(config))(grid, context)
+    if len(log.result.rounds) != config.federation.rounds:
         raise ClientFailure(
-            f"secure aggregation finished {len(strategy.result.rounds)} of {config.federation.rounds} rounds"
+            f"secure aggregation finished {len(log.result.rounds)} of {config.federation.rounds} rounds"
         )
-    return loop.finish(strategy.result)
+    return log.finish(strategy.global_state())

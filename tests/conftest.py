@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import app  # noqa: F401  (the app layer's start-up: its network guard, before anything imports Flower or Ray)
 from fl_sim.config import RunConfig, load_config
 
 TINY = [

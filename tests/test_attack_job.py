@@ -10,12 +10,19 @@ import pytest
 import torch
 
 from adversary.attacks import infer_bn_from_update
-from adversary.ground_truth import GroundTruth
-from adversary.grants import grant_inputs, private_batch, threat_model_for
-from adversary.observation import client_updates, observe
+from adversary.evaluation import Evaluator, threat_model_for
+from adversary.observation import Observation, build_observation, client_updates
+from adversary.roles import AttackTarget
 from adversary.traffic_log import TrafficLog
-from fl_sim.cli import main
-from fl_sim.simulation import run_simulation
+from app.cli import main
+from app.simulation import run_simulation
+from fl_sim.deployment import load_card
+from fl_sim.ground_truth import GroundTruth
+
+
+def observe(run_dir: Path, msg: int) -> Observation:
+    with TrafficLog.open(run_dir) as log:
+        return build_observation(log, load_card(run_dir), AttackTarget("update", None, (msg,)))
 
 CIFAR_FEDSGD = ("data.name=cifar10-sample", "model.options={width=16}", "federation.num_clients=2",
                 "federation.rounds=1", "federation.protocol=fedsgd", "federation.batch_size=1")
@@ -54,7 +61,7 @@ def test_attacker_view_needs_no_ground_truth(fedsgd_run: Path, tmp_path: Path) -
     obs = observe(copy, msg)
     assert obs.update_kind == "gradient" and obs.num_examples == 1 and obs.local["batch_size"] == 1
     tm = threat_model_for(obs, {"labels": "infer"})
-    inputs = grant_inputs(obs, tm, None)
+    inputs = Evaluator(copy, None).grant(obs, tm)
     assert inputs.labels is None and inputs.bn_exact is None
     code = main(["attack", str(copy), "--msg", str(msg), "--preset", "idlg", "--set", "attack.iterations=5",
                  "--set", "threat.labels=infer"])
@@ -66,10 +73,10 @@ def test_attacker_view_needs_no_ground_truth(fedsgd_run: Path, tmp_path: Path) -
 def test_grants_hand_over_exactly_what_is_granted(fedsgd_run: Path) -> None:
     msg = client_updates(TrafficLog.open(fedsgd_run), round=1)[0].id
     obs = observe(fedsgd_run, msg)
-    truth = GroundTruth.open(fedsgd_run)
-    known = grant_inputs(obs, threat_model_for(obs), truth)
-    assert torch.equal(known.labels, private_batch(obs, truth).labels)
-    unknown = grant_inputs(obs, threat_model_for(obs, {"labels": "unknown"}), truth)
+    evaluator = Evaluator(fedsgd_run, GroundTruth.open(fedsgd_run))
+    known = evaluator.grant(obs, threat_model_for(obs))
+    assert torch.equal(known.labels, evaluator.private(obs).labels)
+    unknown = evaluator.grant(obs, threat_model_for(obs, {"labels": "unknown"}))
     assert unknown.labels is None
 
 
@@ -83,10 +90,10 @@ def test_fedsgd_running_stats_reveal_exact_batch_statistics(tmp_path: Path) -> N
     run_dir = run_simulation(cfg).run_dir
     msg = client_updates(TrafficLog.open(run_dir), round=1)[0].id
     obs = observe(run_dir, msg)
-    truth = GroundTruth.open(run_dir)
+    evaluator = Evaluator(run_dir, GroundTruth.open(run_dir))
     tm = threat_model_for(obs, {"bn_stats": "infer", "labels": "unknown"})
-    inferred = infer_bn_from_update(grant_inputs(obs, tm, truth), tm)
-    exact = grant_inputs(obs, threat_model_for(obs, {"bn_stats": "exact"}), truth).bn_exact
+    inferred = infer_bn_from_update(evaluator.grant(obs, tm), tm)
+    exact = evaluator.grant(obs, threat_model_for(obs, {"bn_stats": "exact"})).bn_exact
     assert inferred is not None and len(inferred) == len(exact) == 20
     for (m1, v1), (m2, v2) in zip(inferred, exact):
         torch.testing.assert_close(m1, m2, atol=1e-4, rtol=1e-3)

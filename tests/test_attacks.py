@@ -34,8 +34,8 @@ from adversary.attacks import (
     infer_bn_from_update,
     label_accuracy,
     preset_config,
-    recover_single_image,
     record_bn_stats,
+    recover_single_image,
 )
 from adversary.attacks.labels import LABEL_STRATEGIES
 from adversary.attacks.objectives import OBJECTIVES

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from adversary.traffic_log import TrafficLog
-from fl_sim.audit import AuditError, load_app_spec, run_audit
-from fl_sim.audit.app_ref import import_component
-from fl_sim.audit.run_config import merge_run_config, parse_run_config
-from fl_sim.audit.runner import APP_WORKDIR, execute_app
-from fl_sim.cli import main
+from app.audit import AuditError, load_app_spec, run_audit
+from app.audit.app_ref import import_component
+from app.audit.run_config import merge_run_config, parse_run_config
+from app.audit.runner import APP_WORKDIR, execute_app
+from app.cli import main
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 APPS = {
@@ -134,12 +134,17 @@ def test_attack_on_audited_app_maps_tensors_and_scores_against_granted_client_da
 
 
 def test_legacy_parameters_map_onto_the_model_by_order(tmp_path: Path) -> None:
-    from adversary.foreign import observe_foreign
+    from adversary.job import AuditStatement
+    from adversary.observation import build_observation
+    from adversary.roles import AttackTarget
+    from fl_sim.deployment import load_card
 
     run_dir = _audit(tmp_path, "quickstart-legacy")
-    msg = TrafficLog.open(run_dir).messages(direction="up", message_type="train")[0]
+    log = TrafficLog.open(run_dir)
+    msg = log.messages(direction="up", message_type="train")[0]
     assert all(t.name.split("/")[-1].isdigit() for t in msg.tensors)
-    obs = observe_foreign(run_dir, msg.id, model_ref="quickstart_legacy.task:Net", input_shape=(1, 28, 28))
+    card = AuditStatement(factory="quickstart_legacy.task:Net", input_shape=(1, 28, 28)).card(load_card(run_dir))
+    obs = build_observation(log, card, AttackTarget("update", None, (msg.id,)))
     assert list(obs.update) == list(obs.model.state_dict()) and obs.num_classes == 10
 
 

@@ -22,7 +22,6 @@ from fl_sim.data import load_sample_images
 from fl_sim.models import Normalize
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """One intra-op thread: these tiny nets gain nothing from more, and two OpenMP threads on a

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_sim.cli import main
+from app.cli import main
 from fl_sim.config import ConfigError, load_config
 from fl_sim.rundir import CONFIG_JSON, META_JSON, create_run_dir, load_run_config
 

@@ -157,7 +157,7 @@ def test_known_keys_degrade_gracefully_with_noise(data, name: str, epochs: int) 
 # --- collect_encodings -------------------------------------------------------------------------
 
 def test_collect_encodings_from_private_batches_and_reconstructed_encodings(data) -> None:
-    from adversary.ground_truth import PrivateBatch
+    from fl_sim.ground_truth import PrivateBatch
 
     x, y, pool, _ = data
     steps = _epochs(_encoder("intra", 4), x, y, pool, 2)

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from adversary.ground_truth import GroundTruth
 from adversary.traffic_log import TrafficLog
+from app.simulation import run_simulation, validate
 from clients.defenses import BuildContext, EncodeContext, RoundContext, build_defenses, generator_for
 from clients.defenses.dp import DP, DPParams, clip_and_sum, per_example_gradients
 from clients.defenses.gradprune import GradPruneParams, num_pruned, prune
@@ -21,7 +21,7 @@ from clients.defenses.instahide import InstaHide, InstaHideParams
 from clients.defenses.mixup import MixUp, MixUpParams, mix
 from clients.training import gradient_step
 from fl_sim.config import ConfigError, load_config
-from fl_sim.simulation import run_simulation, validate
+from fl_sim.ground_truth import GroundTruth
 from fl_sim.task import load_task
 
 # --- GradPrune ---------------------------------------------------------------------------------
@@ -375,7 +375,7 @@ def _train_encoded(cfg, steps: int) -> float:
     """Centralised SGD on encoded batches of the embedded digits; accuracy on CLEAN test images."""
     from torch.nn import functional as F
 
-    from clients.training import evaluate
+    from fl_sim.task import evaluate_model
 
     torch.manual_seed(0)
     task = load_task(cfg)
@@ -392,7 +392,7 @@ def _train_encoded(cfg, steps: int) -> float:
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
-    return evaluate(model, *task.test_split)[1]
+    return evaluate_model(model, *task.test_split)[1]
 
 
 def test_instahide_as_its_code_trains_a_model_that_classifies_clean_images(tiny) -> None:

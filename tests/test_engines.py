@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from adversary.traffic_log import TrafficLog
-from fl_sim.simulation import run_simulation
-from server.loop import FINAL_WEIGHTS
+from app.simulation import run_simulation
+from server.rounds import FINAL_WEIGHTS
 from tests.conftest import TINY, tiny_config
 
 RAY_TINY = [a for a in TINY if not a.startswith("engine.name")] + ["engine.name=ray", "federation.num_clients=2"]
@@ -23,7 +23,7 @@ RAY_TINY = [a for a in TINY if not a.startswith("engine.name")] + ["engine.name=
 
 def _cli_command(out_dir: Path, *extra: str) -> list[str]:
     sets = [arg for item in [*RAY_TINY, f"out_dir={out_dir}", *extra] for arg in ("--set", item)]
-    return [sys.executable, "-m", "fl_sim.cli", "run", *sets]
+    return [sys.executable, "-m", "app.cli", "run", *sets]
 
 
 def _run_dir_of(cmd: list[str]) -> Path:
@@ -86,7 +86,7 @@ def test_ray_run_with_instahide_and_gradprune_sends_only_defended_updates(tmp_pa
         for name, array in log.arrays(message.id).items():
             zeros = float((array == 0).mean())
             assert zeros >= 0.9, f"message {message.id} {name}: only {zeros:.1%} zeros"
-    from adversary.ground_truth import GroundTruth
+    from fl_sim.ground_truth import GroundTruth
 
     step = GroundTruth.open(run_dir).batch_for(ups[0].reply_to).steps[0]
     assert {"keys/partners", "keys/coeffs", "keys/signs", "encoded"} <= set(step)
@@ -108,7 +108,7 @@ def test_run_against_an_existing_ray_cluster(tmp_path: Path) -> None:
     """`ray start --head` on loopback, then a run (with an adversary) joins it via engine.ray_address."""
     import os
 
-    from fl_sim.netguard import OFFLINE_ENV
+    from app.netguard import OFFLINE_ENV
 
     home = tmp_path / "home"
     home.mkdir()

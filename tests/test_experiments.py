@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from app.cli import main
+from app.simulation import run_simulation
 from experiments.registry import ExperimentError
 from experiments.runner import report_experiment, resolve_settings, run_experiment
-from fl_sim.cli import main
 
 TINY = [
     'defenses=[{label="none",stack=[]},{label="GradPrune 0.99",stack=[{name="gradprune",p=0.99}]},'
@@ -22,7 +23,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def tradeoff(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("exp")
-    return out, run_experiment("tradeoff", "smoke", TINY, out)
+    return out, run_experiment("tradeoff", "smoke", TINY, out, simulate=run_simulation)
 
 
 def test_tradeoff_smoke_produces_paper_layout_tables(tradeoff) -> None:
@@ -43,11 +44,11 @@ def test_tradeoff_smoke_produces_paper_layout_tables(tradeoff) -> None:
 
 def test_rerun_is_instant_and_interrupted_run_resumes(tradeoff) -> None:
     out, first = tradeoff
-    again = run_experiment("tradeoff", "smoke", TINY, out)
+    again = run_experiment("tradeoff", "smoke", TINY, out, simulate=run_simulation)
     assert again.out_dir == first.out_dir and again.ran == 0 and again.cached == 6
     victim = next(p for p in (first.out_dir / "cells").glob("*.json") if json.loads(p.read_text())["cell"].startswith("utility/"))
     victim.unlink()
-    resumed = run_experiment("tradeoff", "smoke", TINY, out)
+    resumed = run_experiment("tradeoff", "smoke", TINY, out, simulate=run_simulation)
     assert resumed.ran == 1 and resumed.cached == 5
     # Re-rendering from the cache gives the tables of the run itself.
     tables, _ = report_experiment(first.out_dir)
@@ -83,7 +84,8 @@ def test_beyond_the_paper_rows_with_roles_and_deployment_settings(tmp_path: Path
             '{label="FedAvg 2 local steps",stack=[],attack_set=["federation.protocol=fedavg","federation.local_steps=2"]},'
             '{label="malicious client",stack=[],role="malicious-client",clients=3}]')
     outcome = run_experiment("tradeoff", "beyond", [rows, "attack.batch_sizes=[1]", "attack.iterations=20", "attack.images=2",
-                                                     "utility.rounds=1", "utility.local_steps=2", "utility.num_clients=2"], tmp_path)
+                                                     "utility.rounds=1", "utility.local_steps=2", "utility.num_clients=2"], tmp_path,
+                             simulate=run_simulation)
     rows_by_name = {row[0]: row[1:] for row in outcome.tables[0].rows}
     assert outcome.tables[0].columns[1:] == ["none", "FedAvg 2 local steps", "malicious client"]
     assert all(v is not None and 0 <= v <= 1.5 for v in rows_by_name["bs=1 LPIPS avg"])
@@ -118,7 +120,8 @@ def test_paper_preset_runs_its_cells_on_resnet18_with_only(tmp_path: Path, capsy
 
 def test_malicious_server_experiment_tables_and_vetting_detection(tmp_path: Path) -> None:
     outcome = run_experiment("malicious_server", "smoke", ['servers=["honest", "trap-weights", "imprint"]', "batch_sizes=[4]",
-                                                           "rounds=2", "attack.iterations=20"], tmp_path)
+                                                           "rounds=2", "attack.iterations=20"], tmp_path,
+                             simulate=run_simulation)
     tables = {t.name: t for t in outcome.tables}
     assert set(tables) == {"table_honest", "table_trap_weights", "table_imprint", "vetting_detection"}
     assert tables["table_imprint"].columns == ["", "none", "SecAgg", "DP sigma=0.1", "GradPrune 0.9", "vetting",
@@ -136,7 +139,8 @@ def test_malicious_server_experiment_tables_and_vetting_detection(tmp_path: Path
 
 def test_malicious_server_paper_preset_starts_on_resnet18(tmp_path: Path) -> None:
     outcome = run_experiment("malicious_server", "paper", ["data.name=cifar10-sample", "batch_sizes=[1]", "rounds=1",
-                                                           "attack.iterations=2"], tmp_path, only=["imprint/b1/none"])
+                                                           "attack.iterations=2"], tmp_path, only=["imprint/b1/none"],
+                             simulate=run_simulation)
     assert outcome.ran == 1
     row = {r[0]: r[1:] for r in next(t for t in outcome.tables if t.name == "table_imprint").rows}
     assert row["bs=1 exact"][0] == "1/1"  # the imprint block in front of a (GroupNorm) ResNet-18

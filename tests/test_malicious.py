@@ -4,22 +4,23 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from adversary.attacks import check_grants
+from adversary.attacks.registry import ConfigError
 from adversary.malicious import (
     ImprintBlock,
     ImprintedModel,
-    MaliciousServerError,
-    ServerControl,
     brightness_thresholds,
     fish,
     recover_from_imprint,
     recover_from_trap,
-    require,
     target_gradient_share,
     trap_weights_,
 )
+from adversary.methods import build_method
 from adversary.metrics import match_reconstructions, psnr
 from fl_sim.data import load_sample_images
 from fl_sim.models import build_model
+from fl_sim.threat import Capability, ThreatModel, ThreatModelError
 
 SHAPE = (3, 32, 32)
 
@@ -105,16 +106,21 @@ def test_fishing_makes_target_class_dominate(batch40):
     assert not torch.equal(model.net[3].weight, fished.net[3].weight)
 
 
-def test_require_control():
-    weights_only = ServerControl(weights=True, architecture=False, public_data=True)
-    with pytest.raises(MaliciousServerError) as err:
-        require(weights_only, "imprint")
+def test_server_control_is_one_capability_vocabulary():
+    """Each recovery declares the control it needs in the same capabilities the attacks use."""
+    weights_only = ThreatModel(control="weights", public_data=True)
+    with pytest.raises(ThreatModelError) as err:
+        check_grants([build_method("imprint")], weights_only)
     assert "\n" not in str(err.value) and "architecture" in str(err.value)
-    assert require(weights_only, "trap_weights").control == "weights"
-    assert require(weights_only, "fishing").control == "weights"
-    full = ServerControl(weights=True, architecture=True, public_data=True)
-    assert require(full, "imprint").public_statistics
-    with pytest.raises(MaliciousServerError):
-        require(ServerControl(architecture=True, public_data=False), "imprint")
-    with pytest.raises(MaliciousServerError):
-        require(full, "nope")
+    check_grants([build_method("trap-weights")], weights_only)
+    check_grants([build_method("fishing")], weights_only)
+    assert build_method("trap-weights").requirements() == {Capability.WEIGHTS_CONTROL}
+    full = ThreatModel(control="architecture", public_data=True)
+    check_grants([build_method("imprint")], full)
+    assert Capability.PUBLIC_DATA in build_method("imprint").requirements()
+    with pytest.raises(ThreatModelError):
+        check_grants([build_method("imprint")], ThreatModel(control="architecture", public_data=False))
+    with pytest.raises(ThreatModelError, match="weights control"):
+        check_grants([build_method("trap-weights")], ThreatModel())  # an honest observer controls nothing
+    with pytest.raises(ConfigError):
+        build_method("nope")

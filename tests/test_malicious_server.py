@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 import torch
+from safetensors.torch import load_file
 
 from adversary.jobs import JobBook
 from adversary.traffic_log import TrafficLog
+from app.simulation import run_simulation
 from fl_sim.config import ConfigError
-from fl_sim.simulation import run_simulation
 from fl_sim.task import load_task
 
 TRAP = ("data.name=cifar10-sample", "model.name=mlp", "model.options={hidden=1000}", "federation.num_clients=1",
@@ -145,7 +145,7 @@ def test_multi_step_fedavg_updates_still_give_images_away(tiny, strategy: str) -
 def test_client_refuses_a_server_defined_architecture_unless_the_deployment_allows_it(tiny) -> None:
     from flwr.app import Context, RecordDict
 
-    from clients.app import ArchitectureRefused, ClientRuntime
+    from clients.runtime import ArchitectureRefused, ClientRuntime
     from fl_sim.models.server_defined import architecture_spec
 
     runtime = ClientRuntime(tiny(), None)

@@ -20,11 +20,11 @@ from adversary.metrics import (
     load_lpips,
     load_numpy_pickle,
     lpips_distance,
+    lpips_offline,
     match_reconstructions,
     psnr,
     ssim,
 )
-from adversary.metrics import lpips_offline
 
 
 def _to_tensor(img: np.ndarray) -> torch.Tensor:

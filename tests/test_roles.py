@@ -9,15 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from adversary.ground_truth import GroundTruth
 from adversary.jobs import JobBook
-from adversary.roles import Intercept, RoleError, build_role
-from adversary.service import role_context
+from adversary.roles import Intercept, RoleContext, RoleError, build_role
 from adversary.traffic_log import TrafficLog, TrafficView
-from fl_sim.cli import main
+from app.cli import main
+from app.simulation import run_simulation
 from fl_sim.config import ConfigError
-from fl_sim.engine.node_ids import node_ids_for
-from fl_sim.simulation import run_simulation
+from fl_sim.ground_truth import GroundTruth
+from fl_sim.node_ids import node_ids_for
 
 BASE = ("data.name=cifar10-sample", "model.options={width=8}", "federation.num_clients=3", "federation.rounds=3",
         "federation.protocol=fedsgd", "federation.batch_size=1")
@@ -33,7 +32,7 @@ def plain_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _replay(run_dir: Path, role_name: str, options: dict, secagg: bool = False):
     """Feed a role every logged message in order, as the tap would; collect what it sees and targets."""
     nodes = node_ids_for(0, 3)
-    role = build_role(role_name, options, role_context(secagg, dict(enumerate(nodes))))
+    role = build_role(role_name, options, RoleContext(secagg, dict(enumerate(nodes))))
     log = TrafficLog.open(run_dir)
     seen, targets = [], []
     for m in log.messages():
@@ -151,7 +150,7 @@ def test_role_config_errors(tiny, override: str, expected: str) -> None:
 
 def test_malicious_client_partition_must_exist() -> None:
     with pytest.raises(RoleError, match="adversary.options.partition"):
-        build_role("malicious-client", {"partition": 7}, role_context(False, {0: 11, 1: 12}))
+        build_role("malicious-client", {"partition": 7}, RoleContext(False, {0: 11, 1: 12}))
 
 
 def test_crashed_ray_worker_is_restarted_and_its_attack_retried(plain_run: Path, tmp_path: Path) -> None:
@@ -163,7 +162,7 @@ def test_crashed_ray_worker_is_restarted_and_its_attack_retried(plain_run: Path,
 
     from adversary.roles import AttackTarget
     from adversary.service import _ray_classes
-    from fl_sim.netguard import init_ray_local
+    from app.engine.ray_engine import init_ray_local
 
     run_dir = tmp_path / "run"
     shutil.copytree(plain_run, run_dir, ignore=shutil.ignore_patterns("attacks", "adversary"))
@@ -205,4 +204,4 @@ def test_curious_server_under_secure_aggregation_attacks_the_aggregate(tiny) -> 
 
 def test_malicious_client_refuses_secure_aggregation() -> None:
     with pytest.raises(RoleError, match="secagg"):
-        build_role("malicious-client", {"partition": 0}, role_context(True, {0: 11, 1: 12}))
+        build_role("malicious-client", {"partition": 0}, RoleContext(True, {0: 11, 1: 12}))

@@ -10,14 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adversary.ground_truth import GroundTruth
 from adversary.traffic_log import MessageInfo, TrafficLog
+from app.simulation import run_simulation
 from clients.training import gradient_step
 from fl_sim.config import ConfigError
+from fl_sim.ground_truth import GroundTruth
 from fl_sim.models import bn_state_keys
-from fl_sim.simulation import run_simulation
 from fl_sim.task import load_task
-from server.loop import FINAL_WEIGHTS
+from server.rounds import FINAL_WEIGHTS
 from tests.conftest import TINY, tiny_config
 
 STAGES = ["setup", "share_keys", "collect_masked_vectors", "unmask"]

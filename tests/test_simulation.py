@@ -10,13 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adversary.ground_truth import GroundTruth
 from adversary.traffic_log import TrafficLog
+from app.simulation import run_simulation
 from clients.training import gradient_step
+from fl_sim.ground_truth import GroundTruth
 from fl_sim.models import bn_state_keys
-from fl_sim.simulation import run_simulation
 from fl_sim.task import load_task
-from server.loop import FINAL_WEIGHTS
+from server.rounds import FINAL_WEIGHTS
 
 
 def _final(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -81,7 +81,7 @@ def test_sigkill_leaves_every_committed_message_readable(tmp_path: Path) -> None
 
 
 def _write_private(args: tuple[str, int]) -> None:
-    from adversary.ground_truth import record_private_batch
+    from fl_sim.ground_truth import record_private_batch
 
     run_dir, i = args
     step = {"images": np.full((2, 1, 4, 4), i, np.float32), "labels": np.array([i, i], np.int64)}
@@ -92,7 +92,7 @@ def test_many_clients_create_and_write_the_sidecar_at_once(tmp_path: Path) -> No
     """Client processes racing to create the sidecar index must all succeed (WAL switch contention)."""
     import multiprocessing
 
-    from adversary.ground_truth import GroundTruth
+    from fl_sim.ground_truth import GroundTruth
 
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(6) as pool:

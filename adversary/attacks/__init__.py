@@ -12,18 +12,12 @@ from adversary.attacks.labels import LABEL_STRATEGIES, LabelGuess, allocate_coun
 from adversary.attacks.objectives import OBJECTIVES
 from adversary.attacks.optimizers import OPTIMIZERS
 from adversary.attacks.presets import PRESETS, build_attack, huang_eq3_for_defense, preset_config
-from adversary.attacks.registry import ConfigError, Registry
+from adversary.attacks.registry import ConfigError
 from adversary.attacks.regularizers import REGULARIZERS
 from adversary.attacks.runner import AttackResult, GradientInversion
 from adversary.attacks.simulate import ClientSimulator
-from adversary.attacks.threat_model import (
-    AttackInputs,
-    Capability,
-    Component,
-    ThreatModel,
-    ThreatModelError,
-    check_grants,
-)
+from adversary.attacks.threat_model import AttackInputs, Component, check_grants
+from fl_sim.threat import Capability, ThreatModel, ThreatModelError
 
 __all__ = [
     "ALPHA_BN",
@@ -42,7 +36,6 @@ __all__ = [
     "ConfigError",
     "GradientInversion",
     "LabelGuess",
-    "Registry",
     "SearchPoint",
     "ThreatModel",
     "ThreatModelError",

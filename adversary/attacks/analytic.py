@@ -8,7 +8,6 @@ The model's Normalize is undone so results are in image space [0, 1].
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from adversary.attacks.threat_model import AttackInputs

@@ -16,10 +16,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from adversary.attacks.registry import Registry
-from adversary.attacks.threat_model import AttackInputs, Capability, Component, ThreatModel
+from adversary.attacks.registry import component_registry
+from adversary.attacks.threat_model import AttackInputs, Component
+from fl_sim.models.bn_stats import batch_statistics
+from fl_sim.threat import Capability, ThreatModel
 
-BN_STRATEGIES = Registry("bn strategy")
+BN_STRATEGIES = component_registry("bn strategy")
 
 Stats = list[tuple[Tensor, Tensor]]
 
@@ -58,42 +60,9 @@ def record_bn_stats(model: nn.Module, x: Tensor) -> Stats:
     This is what ``BN_exact`` grants; evaluators build ``AttackInputs.bn_exact`` with it.
     """
     model = copy.deepcopy(model).train()
-    stats: Stats = []
-    hooks = [m.register_forward_hook(_stat_hook(stats)) for m in model.modules() if isinstance(m, _BatchNorm)]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return [(m.detach(), v.detach()) for m, v in stats]
-
-
-def _stat_hook(out: list):
-    def hook(_m: nn.Module, inputs: tuple[Tensor, ...], _o: Tensor) -> None:
-        x = inputs[0]
-        dims = [0, *range(2, x.dim())]
-        out.append((x.mean(dims), x.var(dims, unbiased=False)))
-
-    return hook
-
-
-class capture_bn_features:
-    """Context manager: forward hooks that append (mean, var) of every BN layer's input.
-
-    The values keep their graph, so ``bn_prior`` can be differentiated through them.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.stats, self._hooks = model, [], []
-
-    def __enter__(self) -> Stats:
-        self._hooks = [m.register_forward_hook(_stat_hook(self.stats)) for m in self.model.modules() if isinstance(m, _BatchNorm)]
-        return self.stats
-
-    def __exit__(self, *exc) -> None:
-        for h in self._hooks:
-            h.remove()
+    with torch.no_grad(), batch_statistics(model) as stats:
+        model(x)
+    return [(m, v) for _, m, v in stats]
 
 
 class BNStrategy(Component):

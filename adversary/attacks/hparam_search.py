@@ -15,7 +15,9 @@ from typing import Any
 
 from adversary.attacks.presets import build_attack
 from adversary.attacks.runner import AttackResult
-from adversary.attacks.threat_model import AttackInputs, ThreatModel
+from adversary.attacks.threat_model import AttackInputs
+from fl_sim.models import bn_layers
+from fl_sim.threat import ThreatModel
 
 ALPHA_TV = (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5)
 ALPHA_BN = (0.0, 0.0005, 0.001, 0.01, 0.05)
@@ -75,11 +77,9 @@ def optuna_search(
     searched only for models with BatchNorm layers.
     """
     try:
-        import optuna
+        import optuna  # optional dependency (the "search" extra): imported only when a search runs
     except ImportError as exc:
         raise ImportError("optuna_search needs the optional package 'optuna', which is not installed; use grid_search") from exc
-
-    from fl_sim.models import bn_layers
 
     has_bn = bool(bn_layers(inputs.model))
 

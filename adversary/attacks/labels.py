@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from adversary.attacks.registry import Registry
-from adversary.attacks.threat_model import AttackInputs, Capability, Component, ThreatModel, last_linear_name
+from adversary.attacks.registry import component_registry
+from adversary.attacks.threat_model import AttackInputs, Component, last_linear_name
+from fl_sim.threat import Capability, ThreatModel
 
-LABEL_STRATEGIES = Registry("label strategy")
+LABEL_STRATEGIES = component_registry("label strategy")
 
 
 @dataclass

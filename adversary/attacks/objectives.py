@@ -12,10 +12,10 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from adversary.attacks.registry import Registry
+from adversary.attacks.registry import component_registry
 from adversary.attacks.threat_model import Component
 
-OBJECTIVES = Registry("objective")
+OBJECTIVES = component_registry("objective")
 
 
 class Objective(Component):

@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from adversary.attacks.registry import Registry
+from adversary.attacks.registry import component_registry
 from adversary.attacks.threat_model import Component
 
-OPTIMIZERS = Registry("optimizer")
+OPTIMIZERS = component_registry("optimizer")
 
 Closure = Callable[[], Tensor]
 OnStep = Callable[[int, float], None]

@@ -15,9 +15,11 @@ from adversary.attacks.bn import BN_STRATEGIES
 from adversary.attacks.labels import LABEL_STRATEGIES
 from adversary.attacks.objectives import OBJECTIVES
 from adversary.attacks.optimizers import OPTIMIZERS
-from adversary.attacks.registry import ConfigError, Registry
+from adversary.attacks.registry import ConfigError
 from adversary.attacks.regularizers import REGULARIZERS
 from adversary.attacks.runner import INITS, GradientInversion
+from fl_sim.config import ATTACK_SETTINGS_CHECKS
+from fl_sim.registry import Registry
 
 SECTIONS: dict[str, Registry] = {
     "objective": OBJECTIVES,
@@ -131,6 +133,20 @@ def _validate(cfg: dict[str, Any]) -> None:
                 raise ConfigError(f"regularizers.{name}: unknown option {opt!r}; choose one of: weight, {', '.join(accepted)}")
     if cfg.get("init", "randn") not in INITS:
         raise ConfigError(f"init: unknown init {cfg['init']!r}; choose one of: {', '.join(INITS)}")
+    for key in ("iterations", "restarts"):
+        value = cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{key}: must be an integer >= 1, got {value!r}")
+    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
+        raise ConfigError(f"seed: must be an integer, got {cfg.get('seed')!r}")
+
+
+def check_attack_settings(preset: str, overrides: dict[str, Any]) -> None:
+    """A run config's ``adversary.preset`` and ``adversary.attack`` resolve (checked when the config loads)."""
+    preset_config(preset, overrides)
+
+
+ATTACK_SETTINGS_CHECKS.append(check_attack_settings)
 
 
 def build_attack(preset: str | dict[str, Any], overrides: dict[str, Any] | None = None) -> GradientInversion:

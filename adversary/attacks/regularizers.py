@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from adversary.attacks.registry import ConfigError, Registry
-from adversary.attacks.threat_model import Capability, Component
+from adversary.attacks.registry import ConfigError, component_registry
+from adversary.attacks.threat_model import Component
+from fl_sim.threat import Capability
 
-REGULARIZERS = Registry("regularizer")
+REGULARIZERS = component_registry("regularizer")
 
 
 @dataclass

@@ -17,14 +17,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adversary.attacks.bn import BN_STRATEGIES, capture_bn_features
+from adversary.attacks.bn import BN_STRATEGIES
 from adversary.attacks.labels import LABEL_STRATEGIES, LabelGuess
 from adversary.attacks.objectives import OBJECTIVES
 from adversary.attacks.optimizers import OPTIMIZERS
-from adversary.attacks.registry import ConfigError, Registry, as_spec
+from adversary.attacks.registry import ConfigError, as_spec
 from adversary.attacks.regularizers import REGULARIZERS, RegContext
 from adversary.attacks.simulate import ClientSimulator
-from adversary.attacks.threat_model import AttackInputs, Capability, Component, ThreatModel, ThreatModelError, check_grants
+from adversary.attacks.threat_model import AttackInputs, Component, check_grants
+from fl_sim.models.bn_stats import batch_statistics
+from fl_sim.registry import Registry
+from fl_sim.threat import Capability, ThreatModel, ThreatModelError
 
 Callback = Callable[[int, float], None]
 INITS = ("randn", "rand")
@@ -186,11 +189,12 @@ class GradientInversion(Component):
 
     def _trial_loss(self, sim, observed, guess, ctx_base, x, logits, i, group_mean, create_graph=True) -> tuple[Tensor, Tensor]:
         xi = x[i]
-        with torch.enable_grad(), capture_bn_features(sim.model) as feats:
+        with torch.enable_grad(), batch_statistics(sim.model, detach=False) as layers:
             simulated = sim(xi, self._labels_for(guess, logits, i), create_graph=create_graph)
             obj = self.objective(simulated, observed)
+            feats = [(m, v) for _, m, v in layers]
             nbn = len(ctx_base.bn_target or feats)
-            ctx = RegContext(bn_features=list(feats[: max(nbn, 0)]), bn_target=ctx_base.bn_target, bn_targets=ctx_base.bn_targets,
+            ctx = RegContext(bn_features=feats[: max(nbn, 0)], bn_target=ctx_base.bn_target, bn_targets=ctx_base.bn_targets,
                              group_mean=group_mean, sign_center=ctx_base.sign_center)
             total = obj
             for _, weight, reg in self.regularizers:

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from adversary.attacks.threat_model import AttackInputs, Capability, Component, ThreatModel
+from adversary.attacks.threat_model import AttackInputs, Component
+from fl_sim.threat import Capability, ThreatModel
 
 
 def soft_or_hard_ce(logits: Tensor, y: Tensor) -> Tensor:

@@ -1,49 +1,22 @@
-"""What the attacker is granted (ThreatModel) and what it holds (AttackInputs).
+"""What the attacker holds (AttackInputs) and the check that it was granted all it uses.
 
-Components declare the capabilities they rely on; ``check_grants`` compares them with
-the threat model before any optimisation runs, so an attack that silently uses knowledge
-it was not granted (the paper's main criticism of prior evaluations) cannot happen.
+Components declare the capabilities they rely on (:class:`fl_sim.threat.Capability`, one
+vocabulary for knowledge and control); ``check_grants`` compares them with the threat
+model before any optimisation runs, so an attack that silently uses knowledge it was not
+granted (the paper's main criticism of prior evaluations) cannot happen.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from torch import Tensor, nn
 
-
-class ThreatModelError(ValueError):
-    """An attack component needs knowledge the threat model does not grant."""
-
-
-@dataclass(frozen=True)
-class ThreatModel:
-    """Knowledge granted to the attacker (the paper's Table 1 assumptions)."""
-
-    labels: Literal["known", "infer", "unknown"] = "unknown"
-    bn_stats: Literal["exact", "proxy", "infer", "none"] = "none"
-    num_images: int | None = None
-    local_steps: int = 1
-    local_lr: float | None = None
-    local_batch_size: int | None = None
-    mixing_keys: bool = False
-
-    def __post_init__(self) -> None:
-        checks = {
-            "labels": ("known", "infer", "unknown"),
-            "bn_stats": ("exact", "proxy", "infer", "none"),
-        }
-        for name, choices in checks.items():
-            if getattr(self, name) not in choices:
-                raise ThreatModelError(f"threat_model.{name}: {getattr(self, name)!r} is not one of {', '.join(choices)}")
-        if self.local_steps < 1:
-            raise ThreatModelError(f"threat_model.local_steps: must be >= 1, got {self.local_steps}")
-
-
-UpdateKind = Literal["gradient", "delta", "weights"]
+from fl_sim.models import bn_layers
+from fl_sim.threat import Capability, ThreatModel, ThreatModelError
+from fl_sim.wire import UpdateKind
 
 
 @dataclass
@@ -73,8 +46,6 @@ class AttackInputs:
         if self.update_kind not in ("gradient", "delta", "weights"):
             raise ValueError(f"update_kind must be gradient, delta or weights, got {self.update_kind!r}")
         if self.bn_proxy is None:
-            from fl_sim.models import bn_layers
-
             layers = bn_layers(self.model)
             if layers and all(m.running_mean is not None for m in layers):
                 self.bn_proxy = [(m.running_mean.detach().clone(), m.running_var.detach().clone()) for m in layers]
@@ -92,26 +63,23 @@ class AttackInputs:
             return self.update
         return {k: -v for k, v in self.observed_delta().items()}
 
+    def gradient_estimate(self, lr: float) -> dict[str, Tensor]:
+        """The gradient in float64: as sent (FedSGD), or ``-delta / lr``, the local steps' summed
+        gradients (FedAvg; exact for one step)."""
+        if self.update_kind == "gradient":
+            return {k: v.double() for k, v in self.update.items()}
+        if self.update_kind == "delta":
+            return {k: -v.double() / lr for k, v in self.update.items()}
+        state = self.model.state_dict()
+        return {k: -(v.double() - state[k].double()) / lr for k, v in self.update.items() if k in state}
 
-class Capability(enum.Enum):
-    """A piece of knowledge a component relies on; each knows how it is granted."""
 
-    KNOWN_LABELS = "known_labels"
-    BN_EXACT = "bn_exact"
-    BN_PROXY = "bn_proxy"
-    NUM_IMAGES = "num_images"
-    LOCAL_HYPERPARAMS = "local_hyperparams"
-    MIXING_KEYS = "mixing_keys"
-
-
-# capability -> (is it granted?, the grant to ask for, is the data present?, the input to supply)
-_GRANTS: dict[Capability, tuple[Callable[[ThreatModel], bool], str, Callable[[AttackInputs], bool], str]] = {
-    Capability.KNOWN_LABELS: (lambda t: t.labels == "known", "threat_model.labels='known'", lambda i: i.labels is not None, "inputs.labels"),
-    Capability.BN_EXACT: (lambda t: t.bn_stats == "exact", "threat_model.bn_stats='exact'", lambda i: i.bn_exact is not None, "inputs.bn_exact"),
-    Capability.BN_PROXY: (lambda t: t.bn_stats in ("exact", "proxy"), "threat_model.bn_stats='proxy'", lambda i: i.bn_proxy is not None, "inputs.bn_proxy (a model with BatchNorm running stats)"),
-    Capability.NUM_IMAGES: (lambda t: t.num_images is not None, "threat_model.num_images", lambda i: True, ""),
-    Capability.LOCAL_HYPERPARAMS: (lambda t: t.local_lr is not None and t.local_batch_size is not None, "threat_model.local_lr and local_batch_size", lambda i: True, ""),
-    Capability.MIXING_KEYS: (lambda t: t.mixing_keys, "threat_model.mixing_keys=True", lambda i: "mixing_keys" in i.extra, "inputs.extra['mixing_keys']"),
+# capability -> (is the data present?, the input to supply); whether it is granted is the threat model's to say
+_INPUTS: dict[Capability, tuple[Callable[[AttackInputs], bool], str]] = {
+    Capability.KNOWN_LABELS: (lambda i: i.labels is not None, "inputs.labels"),
+    Capability.BN_EXACT: (lambda i: i.bn_exact is not None, "inputs.bn_exact"),
+    Capability.BN_PROXY: (lambda i: i.bn_proxy is not None, "inputs.bn_proxy (a model with BatchNorm running stats)"),
+    Capability.MIXING_KEYS: (lambda i: "mixing_keys" in i.extra, "inputs.extra['mixing_keys']"),
 }
 
 
@@ -133,18 +101,28 @@ class Component:
         return {"name": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
 
 
+def _missing(what: str, requires: Iterable[Capability], threat_model: ThreatModel, inputs: AttackInputs | None) -> list[str]:
+    problems: list[str] = []
+    for cap in sorted(requires, key=lambda c: c.value):
+        if not threat_model.grants(cap):
+            problems.append(f"{what} needs {ThreatModel.grant_for(cap)}")
+        elif inputs is not None and cap in _INPUTS and not _INPUTS[cap][0](inputs):
+            problems.append(f"{what} needs {_INPUTS[cap][1]}")
+    return problems
+
+
 def check_grants(components: Iterable[Component], threat_model: ThreatModel, inputs: AttackInputs | None = None) -> None:
     """Raise ThreatModelError, one line, listing every missing grant or input."""
-    problems: list[str] = []
-    for comp in components:
-        for cap in sorted(comp.requirements(), key=lambda c: c.value):
-            granted, grant, present, need = _GRANTS[cap]
-            if not granted(threat_model):
-                problems.append(f"{comp.describe()} needs {grant}")
-            elif inputs is not None and not present(inputs):
-                problems.append(f"{comp.describe()} needs {need}")
+    problems = [p for comp in components for p in _missing(comp.describe(), comp.requirements(), threat_model, inputs)]
     if problems:
         raise ThreatModelError("; ".join(dict.fromkeys(problems)))
+
+
+def check_requirements(what: str, requires: Iterable[Capability], threat_model: ThreatModel) -> None:
+    """``check_grants`` for a component class's declared needs, before building it (a server strategy)."""
+    problems = _missing(what, requires, threat_model, None)
+    if problems:
+        raise ThreatModelError("; ".join(problems))
 
 
 def last_linear_name(model: nn.Module) -> str:
@@ -155,12 +133,4 @@ def last_linear_name(model: nn.Module) -> str:
     return names[-1]
 
 
-__all__ = [
-    "AttackInputs",
-    "Capability",
-    "Component",
-    "ThreatModel",
-    "ThreatModelError",
-    "check_grants",
-    "last_linear_name",
-]
+__all__ = ["AttackInputs", "Component", "check_grants", "check_requirements", "last_linear_name"]

@@ -1,6 +1,6 @@
 """Assemble encodings and their keys across T epochs from ground-truth sidecar steps.
 
-The sidecar (:mod:`adversary.ground_truth`) stores, per local step of an encoding defense:
+The sidecar (:mod:`fl_sim.ground_truth`) stores, per local step of an encoding defense:
 ``encoded`` (N, C, H, W), ``keys/partners`` (N, k; column 0 the private image's own dataset
 index), ``keys/coeffs`` (N, k), ``keys/signs`` (InstaHide only), ``images``, ``labels`` and
 ``indices``. :func:`collect_encodings` concatenates many steps (e.g. every step of one client
@@ -52,7 +52,7 @@ def _steps_of(source: Any) -> list[Mapping[str, np.ndarray]]:
         return [source]
     out: list[Mapping[str, np.ndarray]] = []
     for item in source:
-        steps = getattr(item, "steps", None)  # adversary.ground_truth.PrivateBatch
+        steps = getattr(item, "steps", None)  # fl_sim.ground_truth.PrivateBatch
         out.extend(steps if steps is not None else [item])
     return out
 
@@ -66,7 +66,7 @@ def collect_encodings(
 ) -> EncodingSet:
     """Concatenate the encoding steps of one client (T epochs) into one :class:`EncodingSet`.
 
-    - ``steps``: sidecar step dicts, or :class:`~adversary.ground_truth.PrivateBatch` objects
+    - ``steps``: sidecar step dicts, or :class:`~fl_sim.ground_truth.PrivateBatch` objects
       (their ``steps`` are used), or one step dict. Steps without ``keys/partners`` are skipped.
     - ``encodings``: replace the exact ``encoded`` arrays, e.g. by gradient-inversion results:
       one array per kept step (same row order), or one (M, C, H, W) array for all.

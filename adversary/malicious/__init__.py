@@ -6,36 +6,32 @@
   images by a linear feature; consecutive-bin gradient differences isolate single images,
   also through a secure-aggregation SUM of client gradients.
 * :mod:`fishing` -- Wen et al. 2022, class fishing: last-layer edit so one class dominates.
-* :mod:`threat` -- what server control / public statistics each manipulation needs.
 
 In the federation (these import Flower-free code only, but need a run directory):
 
-* :mod:`server` -- the strategies a malicious server runs in its loop (what it broadcasts);
+* :mod:`server` -- the strategies a malicious server runs in its loop (what it broadcasts), each
+  declaring the control it needs (:class:`fl_sim.threat.Capability`);
+* :mod:`wrapper` -- the malicious server as a wrapper of the honest round strategy;
 * :mod:`record` -- what it sent and the SecAgg aggregates it saw, on disk;
-* :mod:`recovery` -- images from the replies (or aggregates), scored against the ground truth;
-* :mod:`detection` -- how the clients' vetting defense fared;
-* :mod:`from_config` -- a strategy from a run config and the control the deployment grants.
+* :mod:`detection` -- how the clients' vetting defense fared.
+
+The recoveries (images from the replies or aggregates) are attack methods:
+:mod:`adversary.methods.recoveries`.
 """
 
 from adversary.malicious.fishing import fish, target_gradient_share
 from adversary.malicious.imprint import ImprintBlock, ImprintedModel, brightness_thresholds, recover_from_imprint
-from adversary.malicious.threat import ATTACKS, MaliciousServerError, Requirement, ServerControl, require
 from adversary.malicious.trap_weights import TrapRecovery, first_linear_layer, recover_from_trap, trap_weights_
 
 __all__ = [
-    "ATTACKS",
     "ImprintBlock",
     "ImprintedModel",
-    "MaliciousServerError",
-    "Requirement",
-    "ServerControl",
     "TrapRecovery",
     "brightness_thresholds",
     "first_linear_layer",
     "fish",
     "recover_from_imprint",
     "recover_from_trap",
-    "require",
     "target_gradient_share",
     "trap_weights_",
 ]

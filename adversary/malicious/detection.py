@@ -14,6 +14,7 @@ from typing import Any
 
 from adversary.malicious.record import manipulated_rounds
 from adversary.traffic_log import TrafficLog
+from fl_sim.wire import METRICS
 
 
 def _rate(hits: int, total: int) -> float | None:
@@ -28,7 +29,7 @@ def vetting_detection(run_dir: str | Path) -> dict[str, Any] | None:
     seen = False
     with TrafficLog.open(run_dir) as log:
         for msg in log.messages(direction="up", message_type="train"):
-            metrics = {k.removeprefix("metrics/"): v for k, v in msg.metrics.items()}
+            metrics = {k.removeprefix(f"{METRICS}/"): v for k, v in msg.metrics.items()}
             if "vetting-flagged" not in metrics:
                 continue
             seen = True

@@ -8,24 +8,23 @@ unmasked mean update of each round (it is what SecAgg+ hands the server), so the
 manipulating server writes it to ``aggregates/r<round>.safetensors`` with a JSON
 beside it (sampled nodes, total examples) and tells the adversary about it.
 
-The server writes this (it is the adversary); the evaluator reads it to know which
-rounds were manipulated (e.g. a vetting defense's detection rate).
+The server writes this (it is the adversary) and reads it back to recover images
+(:class:`ServerRecord`); the evaluator reads it to know which rounds were manipulated
+(e.g. a vetting defense's detection rate).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
-from adversary.malicious.server import Broadcast, ServerStrategy
+from adversary.malicious.server import Broadcast
 
 ADVERSARY_DIR = "adversary"
 MANIPULATIONS_JSONL = "manipulations.jsonl"
@@ -35,10 +34,9 @@ AGGREGATES_DIR = "aggregates"
 
 @dataclass(frozen=True)
 class ServerAggregate:
-    """One round's unmasked mean update as the server computed it."""
+    """One round's unmasked mean update as the server computed it (its tensors are in the record)."""
 
     round: int
-    path: str  # safetensors file of the mean update (agreed tensors and inserted block)
     nodes: tuple[int, ...]
     num_examples: int
     protocol: str
@@ -71,7 +69,7 @@ class ManipulationLog:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"r{round}.safetensors"
         _atomic_save({k: v.to(torch.float32) for k, v in mean.items()}, path)
-        agg = ServerAggregate(round, str(path), tuple(int(n) for n in nodes), int(num_examples), protocol)
+        agg = ServerAggregate(round, tuple(int(n) for n in nodes), int(num_examples), protocol)
         (folder / f"r{round}.json").write_text(json.dumps(agg.__dict__))
         return agg
 
@@ -89,44 +87,32 @@ def manipulated_rounds(run_dir: str | Path) -> dict[int, dict[str, Any]]:
     return out
 
 
-def load_aggregate(path: str | Path) -> tuple[ServerAggregate, dict[str, torch.Tensor]]:
-    path = Path(path)
-    meta = json.loads(path.with_suffix(".json").read_text())
-    meta["nodes"] = tuple(meta["nodes"])
-    return ServerAggregate(**meta), load_file(str(path))
+class ServerRecord:
+    """The malicious server's own record, read back for its recoveries: what it sent each manipulated
+    round and, under secure aggregation, the unmasked means it recovered. Files are found by round
+    inside ``RUN_DIR/adversary/``, never by a path written in the record."""
 
+    def __init__(self, run_dir: str | Path) -> None:
+        self.root = Path(run_dir) / ADVERSARY_DIR
+        self._entries = manipulated_rounds(run_dir)
 
-class Manipulation:
-    """A strategy bound to a run: records what it sends, and passes server aggregates on."""
+    def entry(self, round: int) -> dict[str, Any]:
+        """The manipulation of ``round`` (strategy, its choices, the extra instruction config); {} if honest."""
+        return self._entries.get(round, {})
 
-    def __init__(self, strategy: ServerStrategy, run_dir: str | Path | None,
-                 on_aggregate: Callable[[ServerAggregate], None] | None = None) -> None:
-        self.strategy = strategy
-        self.log = ManipulationLog(run_dir) if run_dir is not None else None
-        self.on_aggregate = on_aggregate
-        self.sent: dict[int, Broadcast] = {}
+    def sent(self, round: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The tensors and the extra instruction config the server sent for training in ``round``."""
+        path = self.root / MANIPULATIONS_DIR / f"r{int(round)}.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"RUN_DIR: the malicious server's record of round {round} is missing ({path})")
+        return load_file(str(path)), dict(self.entry(round).get("config", {}))
 
-    def broadcast(self, round: int, model: nn.Module) -> Broadcast | None:
-        if round in self.sent:
-            return self.sent[round]
-        out = self.strategy.broadcast(round, model)
-        if out is not None:
-            self.sent[round] = out
-            if self.log is not None:
-                self.log.record(round, self.strategy.name, out)
-        return out
-
-    def observe(self, round: int, model: nn.Module, gradient: dict[str, torch.Tensor], examples_per_step: int) -> None:
-        """An honest round's mean gradient, for strategies that learn from it (fishing's target)."""
-        hook = getattr(self.strategy, "observe", None)
-        if hook is not None and round not in self.sent:
-            hook(round, model, gradient, examples_per_step)
-
-    def aggregated(self, round: int, mean: dict[str, torch.Tensor], nodes: list[int], num_examples: int,
-                   protocol: str) -> None:
-        """The server's unmasked mean update of a manipulated round (secure aggregation)."""
-        if round not in self.sent or self.log is None:
-            return
-        agg = self.log.record_aggregate(round, mean, nodes, num_examples, protocol)
-        if self.on_aggregate is not None:
-            self.on_aggregate(agg)
+    def aggregate(self, round: int) -> tuple[ServerAggregate, dict[str, torch.Tensor]]:
+        """The unmasked mean update of ``round`` the server recovered under secure aggregation."""
+        path = self.root / AGGREGATES_DIR / f"r{int(round)}.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"RUN_DIR: no recorded aggregate of round {round} ({path})")
+        meta = json.loads(path.with_suffix(".json").read_text())
+        meta["nodes"] = tuple(meta["nodes"])
+        meta.pop("path", None)
+        return ServerAggregate(**meta), load_file(str(path))

@@ -4,9 +4,11 @@ A strategy decides, per round, what the server broadcasts for training instead o
 the honest global model (``None``: the honest one). The server keeps aggregating
 its honest model from the agreed tensors; whatever else clients return (an
 inserted block's gradients) only feeds the attack. Chosen by name
-(``adversary.options.strategy`` of the ``malicious-server`` role); each declares
-the server control it needs (:mod:`adversary.malicious.threat`), checked against
-what the deployment grants before the run starts.
+(``adversary.options.strategy`` of the ``malicious-server`` role).
+
+Each strategy declares the server control it needs in the capabilities of
+:mod:`fl_sim.threat` (the same vocabulary the attacks use); :func:`build_strategy`
+checks them against what the deployment grants before the run starts.
 
 - ``trap-weights`` (weights only): trap rows on the first Linear layer.
 - ``fishing`` (weights only): the classifier edited so one class dominates the gradient.
@@ -24,12 +26,13 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from adversary.attacks.registry import Registry
+from adversary.attacks.threat_model import Component, check_requirements
 from adversary.malicious.fishing import fish, last_linear
 from adversary.malicious.imprint import brightness_thresholds, imprint_weights
-from adversary.malicious.threat import ATTACKS, MaliciousServerError, Requirement, ServerControl, require
 from adversary.malicious.trap_weights import first_linear_layer, trap_weights_
 from fl_sim.models.server_defined import ARCHITECTURE_KEY, architecture_spec
+from fl_sim.registry import Registry
+from fl_sim.threat import Capability, ThreatModel, ThreatModelError
 
 IMPRINT_BLOCK = "input_block"  # the inserted block's name: its tensors travel as input_block.*
 
@@ -55,9 +58,13 @@ class ServerView:
     seed: int = 0
 
 
+class MaliciousServerError(ValueError):
+    """A manipulation that cannot run in this deployment (control, model, options); one line."""
+
+
 class ServerStrategy(Protocol):
     name: str
-    requirement: Requirement
+    requires: frozenset[Capability]
 
     def broadcast(self, round: int, model: nn.Module) -> Broadcast | None:
         """What to send this round (``model`` holds the honest global weights); None: the honest model."""
@@ -67,13 +74,16 @@ class ServerStrategy(Protocol):
     # gradient (the server computes it anyway) before the next broadcast.
 
 
-STRATEGIES = Registry("malicious-server strategy")
+STRATEGIES = Registry("malicious-server strategy", error=MaliciousServerError, label=True)
 
 
-class _Rounds:
+class _Rounds(Component):
     """Manipulate only ``rounds`` (all rounds when empty)."""
 
     rounds: list[int]
+
+    def describe(self) -> str:
+        return self.name
 
     def active(self, round: int) -> bool:
         return not self.rounds or round in self.rounds
@@ -83,7 +93,7 @@ class _Rounds:
 class TrapWeightsServer(_Rounds):
     """Boenisch et al. 2023: trap weights on the first Linear layer (works on the unmodified architecture)."""
 
-    requirement = ATTACKS["trap_weights"]
+    requires = frozenset({Capability.WEIGHTS_CONTROL})  # the first layer must be nn.Linear with a bias
 
     def __init__(self, *, view: ServerView, model: nn.Module, rounds: list[int] | None = None, scale: float = 1.05,
                  seed: int = 0) -> None:
@@ -119,7 +129,7 @@ class FishingServer(_Rounds):
     the analytic route where it applies (one image, a first Linear layer) and optimizes
     otherwise."""
 
-    requirement = ATTACKS["fishing"]
+    requires = frozenset({Capability.WEIGHTS_CONTROL})  # the last layer must be nn.Linear with a bias
 
     def __init__(self, *, view: ServerView, model: nn.Module, rounds: list[int] | None = None,
                  target: int | str = "auto", bias_boost: float = 50.0, public: str = "test",
@@ -195,7 +205,8 @@ class ImprintServer(_Rounds):
     gradients well above SecAgg+'s quantization step, thresholds that barely move over
     FedAvg's local steps, and an input shift of about 1 % of the pixel range."""
 
-    requirement = ATTACKS["imprint"]
+    # Inserts an ImprintBlock right after the input; its bin thresholds come from public data.
+    requires = frozenset({Capability.ARCHITECTURE_CONTROL, Capability.PUBLIC_DATA})
 
     def __init__(self, *, view: ServerView, model: nn.Module, rounds: list[int] | None = None, bins: int | None = None,
                  clients: int = 1, public: str = "test", distribution: str = "normal", gain: float = 0.1,
@@ -230,19 +241,25 @@ class ImprintServer(_Rounds):
                                "block": IMPRINT_BLOCK})
 
 
-def build_strategy(options: dict[str, Any], *, model: nn.Module, view: ServerView, control: ServerControl) -> ServerStrategy:
+def server_threat_model(*, architecture: bool, public_data: bool = True) -> ThreatModel:
+    """What a malicious server controls: the weights it sends always; the architecture only where the
+    deployment lets the server ship the model; public data (its own evaluation split)."""
+    return ThreatModel(name="malicious-server", control="architecture" if architecture else "weights", public_data=public_data)
+
+
+def build_strategy(options: dict[str, Any], *, model: nn.Module, view: ServerView, threat_model: ThreatModel) -> ServerStrategy:
     """From the role's options; checks the control the deployment grants and that the model fits."""
     opts = dict(options)
     name = opts.pop("strategy", "trap-weights")
     if name not in STRATEGIES:
-        raise MaliciousServerError(f"adversary.options.strategy: unknown {name!r}; choose one of: {', '.join(sorted(STRATEGIES))}")
+        raise MaliciousServerError(f"adversary.options.strategy: unknown {name!r}; choose one of: {STRATEGIES.choices()}")
     try:
-        require(control, name.replace("-", "_"))
-    except MaliciousServerError as exc:
+        check_requirements(name, STRATEGIES[name].requires, threat_model)
+    except ThreatModelError as exc:
         hint = " (set federation.model_from_server = true for a deployment where the server ships the model)" \
             if "architecture" in str(exc) else ""
         raise MaliciousServerError(f"adversary.options.strategy: {exc}{hint}") from None
-    accepted = [n for n in STRATEGIES.options(name) if n not in ("view", "model")]
+    accepted = STRATEGIES.options(name, exclude=("view", "model"))
     unknown = sorted(set(opts) - set(accepted))
     if unknown:
         raise MaliciousServerError(f"adversary.options.{unknown[0]}: not an option of strategy {name!r}; "

@@ -74,18 +74,24 @@ def _summary(name: str, values: np.ndarray, best: str) -> dict[str, float]:
         }
 
 
-def evaluate_reconstruction(recon: Tensor, originals: Tensor, net: str = "alex") -> dict[str, Any]:
-    """Match by LPIPS, then score each matched pair, as in the paper's tables (avg, best, std).
+def evaluate_reconstruction(recon: Tensor, originals: Tensor, net: str = "alex", match: str = "lpips") -> dict[str, Any]:
+    """Match one-to-one (by LPIPS, as in the paper's tables, or by MSE), then score each matched pair.
 
     Returns per-image lists "lpips", "psnr", "ssim" (in the order of ``originals``), "perm",
     and summaries "<metric>_avg", "<metric>_best" (min for LPIPS, max for PSNR/SSIM),
     "<metric>_std". Images must be in [0, 1] (never dataset-normalized).
     """
     _check_batches(recon, originals)
-    costs = pairwise_cost(recon, originals, cost="lpips", net=net)
-    perm = _assign(costs)
+    if match == "lpips":
+        costs = pairwise_cost(recon, originals, cost="lpips", net=net)
+        perm = _assign(costs)
+        lpips_vals = costs[perm, np.arange(len(perm))]
+    else:
+        perm = _assign(pairwise_cost(recon, originals, cost=match, net=net))
+        lpips_vals = None
     matched = recon.detach()[torch.as_tensor(perm, device=recon.device)]
-    lpips_vals = costs[perm, np.arange(len(perm))]
+    if lpips_vals is None:
+        lpips_vals = lpips_distance(matched, originals, net=net).double().cpu().numpy()
     psnr_vals = psnr(matched, originals).numpy()
     ssim_vals = ssim(matched, originals).numpy()
     result: dict[str, Any] = {

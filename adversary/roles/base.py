@@ -9,12 +9,12 @@ them. Roles are registered by name; a user's own role plugs in as
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from adversary.traffic_log import TrafficView
+from fl_sim.registry import Registry
 
 
 class RoleError(ValueError):
@@ -37,23 +37,57 @@ class Intercept:
         return self.dst_node if self.direction == "down" else self.src_node
 
 
+TargetKind = Literal["update", "aggregate", "malicious"]
+
+
 @dataclass(frozen=True)
 class AttackTarget:
-    """What to attack: one client's update, or an aggregate of several.
+    """What to attack: one client's update, an aggregate of several, or a malicious server's recovery.
 
     ``kind="update"``: ``messages`` holds one client reply. ``kind="aggregate"``:
     ``messages`` holds the global models sent before and after ``round`` (and, for a
-    malicious client, its own reply to subtract), see :mod:`adversary.aggregate`.
+    malicious client, its own reply to subtract). ``kind="malicious"``: a malicious
+    server recovering with ``strategy`` from one reply (``messages``) or, under secure
+    aggregation, from the unmasked mean of ``round`` it recorded (``from_aggregate``,
+    over ``nodes``). See :mod:`adversary.observation`.
     """
 
-    kind: str
+    kind: TargetKind
     round: int | None
-    messages: tuple[int, ...]
+    messages: tuple[int, ...] = ()
     client: int | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    strategy: str | None = None
+    from_aggregate: bool = False
+    nodes: tuple[int, ...] = ()
 
     def key(self) -> str:
         return f"{self.kind}:{self.round}:{','.join(map(str, self.messages))}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "round": self.round, "messages": list(self.messages), "client": self.client,
+                "strategy": self.strategy, "from_aggregate": self.from_aggregate, "nodes": list(self.nodes)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AttackTarget:
+        """Also reads job books of earlier versions (a loose ``info`` dict, the ``trap`` kind)."""
+        info = data.get("info") or {}
+        kind = "malicious" if data["kind"] == "trap" else data["kind"]
+        return cls(kind, data.get("round"), tuple(data.get("messages") or ()), data.get("client"),
+                   data.get("strategy") or info.get("strategy") or ("trap-weights" if data["kind"] == "trap" else None),
+                   bool(data.get("from_aggregate") or info.get("aggregate")), tuple(data.get("nodes") or info.get("nodes") or ()))
+
+
+@dataclass(frozen=True)
+class RoleContext:
+    """What the simulation tells a role when it is built.
+
+    ``secagg``: the deployment runs secure aggregation (individual uploads are masked).
+    ``node_of_partition``: simulation bookkeeping, which node holds which partition, so a
+    configured malicious client (``partition``) can be placed; the role learns only its own node.
+    """
+
+    secagg: bool = False
+    node_of_partition: dict[int, int] = field(default_factory=dict)
 
 
 class Role(Protocol):
@@ -69,32 +103,9 @@ class Role(Protocol):
 
 
 RoleFactory = Callable[..., Role]
-ROLES: dict[str, RoleFactory] = {}
+# Roles by name: ``factory(**options, context=RoleContext)``; the built-in ones register in builtin.py.
+ROLES = Registry("role", error=RoleError)
 
 
 def register_role(name: str) -> Callable[[RoleFactory], RoleFactory]:
-    def wrap(factory: RoleFactory) -> RoleFactory:
-        ROLES[name] = factory
-        return factory
-
-    return wrap
-
-
-def build_role(name: str, options: dict[str, Any], context: dict[str, Any]) -> Role:
-    """A registered role by name, or a user's ``module:Class`` (called with the same arguments)."""
-    from adversary.roles import builtin  # noqa: F401  (registers the built-in roles)
-
-    if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise RoleError(f"adversary.role: cannot load {name!r} ({type(exc).__name__}: {exc})") from None
-    elif name in ROLES:
-        factory = ROLES[name]
-    else:
-        raise RoleError(f"adversary.role: unknown role {name!r}; choose one of: {', '.join(sorted(ROLES))} or module:Class")
-    try:
-        return factory(**options, context=context)
-    except TypeError as exc:
-        raise RoleError(f"adversary.options: {exc}") from None
+    return ROLES.register(name)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from adversary.roles.base import AttackTarget, Intercept, RoleError, register_role
+from adversary.roles.base import AttackTarget, Intercept, RoleContext, RoleError, register_role
 from adversary.traffic_log import TrafficView
-
-
-MODEL_RECORDS = ("arrays/", "fitins.parameters/")
+from fl_sim.wire import MODEL_RECORDS
 
 
 def carries_model(log: TrafficView, log_id: int) -> bool:
     """Whether a message carries model tensors (SecAgg+ also sends key-exchange stages)."""
-    return any(t.name.startswith(MODEL_RECORDS) for t in log.message(log_id).tensors)
+    heads = tuple(f"{record}/" for record in MODEL_RECORDS)
+    return any(t.name.startswith(heads) for t in log.message(log_id).tensors)
 
 
 def _is_update(event: Intercept) -> bool:
@@ -35,7 +34,7 @@ class Eavesdropper:
     name = "eavesdropper"
 
     def __init__(self, *, links: int = 1, nodes: list[int] | None = None, directions: list[str] | None = None,
-                 rounds: list[int] | None = None, context: dict[str, Any]) -> None:
+                 rounds: list[int] | None = None, context: RoleContext) -> None:
         if links < 1:
             raise RoleError(f"adversary.options.links: must be >= 1, got {links}")
         self.links, self.rounds = links, list(rounds or [])
@@ -64,10 +63,10 @@ class CuriousServer:
 
     name = "curious-server"
 
-    def __init__(self, *, rounds: list[int] | None = None, max_clients: int | None = None, context: dict[str, Any]) -> None:
+    def __init__(self, *, rounds: list[int] | None = None, max_clients: int | None = None, context: RoleContext) -> None:
         self.rounds = list(rounds or [])
         self.max_clients = max_clients
-        self.secagg = bool(context.get("secagg"))
+        self.secagg = context.secagg
         self.per_round: dict[int | None, int] = {}
         self.global_models: dict[int, int] = {}
 
@@ -113,11 +112,11 @@ class MaliciousClient:
 
     name = "malicious-client"
 
-    def __init__(self, *, partition: int = 0, rounds: list[int] | None = None, context: dict[str, Any]) -> None:
-        if context.get("secagg"):
+    def __init__(self, *, partition: int = 0, rounds: list[int] | None = None, context: RoleContext) -> None:
+        if context.secagg:
             raise RoleError("adversary.role: malicious-client is not supported with federation.secagg yet "
                             "(its own upload is masked in the log); use curious-server")
-        node_of = context.get("node_of_partition") or {}
+        node_of = context.node_of_partition
         if partition not in node_of:
             raise RoleError(f"adversary.options.partition: no client with partition {partition} "
                             f"(have {sorted(node_of)})")
@@ -148,17 +147,17 @@ class MaliciousClient:
 class MaliciousServer:
     """Controls what the server sends (the strategy runs in the server, see
     :mod:`adversary.malicious.server`) and recovers images from the replies to the
-    manipulated rounds (:mod:`adversary.malicious.recovery`). Under secure aggregation
+    manipulated rounds (:mod:`adversary.methods.recoveries`). Under secure aggregation
     the replies are masked: it recovers from the round's unmasked mean update, which
     the server computes anyway. Its options also configure the strategy (``strategy``,
     ``rounds`` and the strategy's own)."""
 
     name = "malicious-server"
 
-    def __init__(self, *, strategy: str = "trap-weights", rounds: list[int] | None = None, context: dict[str, Any],
+    def __init__(self, *, strategy: str = "trap-weights", rounds: list[int] | None = None, context: RoleContext,
                  **strategy_options: Any) -> None:
         self.strategy, self.rounds = strategy, list(rounds or [])
-        self.secagg = bool(context.get("secagg"))
+        self.secagg = context.secagg
 
     def sees(self, event: Intercept) -> bool:
         return True
@@ -166,10 +165,9 @@ class MaliciousServer:
     def observe(self, event: Intercept, log: TrafficView) -> list[AttackTarget]:
         if self.secagg or not _is_update(event) or not _rounds_ok(self.rounds, event):
             return []
-        return [AttackTarget("malicious", event.round, (event.log_id,), client=event.src_node,
-                             info={"strategy": self.strategy})]
+        return [AttackTarget("malicious", event.round, (event.log_id,), client=event.src_node, strategy=self.strategy)]
 
     def observe_aggregate(self, aggregate: Any) -> list[AttackTarget]:
-        """A manipulated round's unmasked mean update (secure aggregation)."""
-        return [AttackTarget("malicious", aggregate.round, (), info={"strategy": self.strategy, "aggregate": aggregate.path,
-                                                                    "nodes": list(aggregate.nodes)})]
+        """A manipulated round's unmasked mean update (secure aggregation), which the server recorded."""
+        return [AttackTarget("malicious", aggregate.round, strategy=self.strategy, from_aggregate=True,
+                             nodes=tuple(aggregate.nodes))]

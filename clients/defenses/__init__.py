@@ -17,6 +17,7 @@ Registered defenses (one module each): ``gradprune`` (update transform),
 :mod:`clients.defenses.base` for the hook interfaces.
 """
 
+from clients.defenses import dp, gradprune, instahide, mixup, vetting  # noqa: F401  (register the defenses)
 from clients.defenses.base import (
     BatchEncoder,
     BuildContext,
@@ -33,6 +34,7 @@ from clients.defenses.base import (
     build_defenses,
     generator_for,
 )
+from clients.defenses.encoding import public_encoding
 from clients.defenses.registry import available_defenses, register_defense, registered
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "available_defenses",
     "build_defenses",
     "generator_for",
+    "public_encoding",
     "register_defense",
     "registered",
 ]

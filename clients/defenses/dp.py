@@ -25,6 +25,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
+from flwr.app import ConfigRecord
+from opacus.accountants import RDPAccountant
 from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
@@ -103,8 +105,6 @@ class DP(Defense):
 
     # --- accounting -------------------------------------------------------------------------
     def _accountant(self, state: Any):
-        from opacus.accountants import RDPAccountant
-
         acc = RDPAccountant()
         if state is not None and STATE_KEY in state:
             rec = state[STATE_KEY]
@@ -125,7 +125,6 @@ class DP(Defense):
     def round_metrics(self, context: RoundContext) -> dict[str, float]:
         if self.mechanism != "gaussian" or context.state is None:
             return {}
-        from flwr.app import ConfigRecord
 
         acc = self._accountant(context.state)
         rate = min(1.0, context.batch_size / max(context.partition_size, 1))

@@ -40,6 +40,8 @@ from torch import Tensor, nn
 from clients.defenses.base import BuildContext, EncodeContext, config_error
 from clients.defenses.mixup import MixParams, MixUp, mix, sample_coefficients, sample_partners
 from clients.defenses.registry import register_defense
+from fl_sim.data import DataError, load_dataset
+from fl_sim.models import Normalize
 
 
 class InstaHideParams(MixParams):
@@ -61,8 +63,6 @@ def sign_center(center: str, model: nn.Module | None, channels: int) -> Tensor:
         return torch.zeros(1, channels, 1, 1)
     if center == "half":
         return torch.full((1, channels, 1, 1), 0.5)
-    from fl_sim.models import Normalize
-
     norm = next((m for m in model.modules() if isinstance(m, Normalize)), None) if model is not None else None
     if norm is None:
         raise ValueError("instahide center='mean' needs a model with a Normalize layer (or use center='half')")
@@ -112,8 +112,6 @@ class InstaHide(MixUp):
 
 
 def load_public_images(name: str, context: BuildContext | None) -> Tensor:
-    from fl_sim.data import DataError, load_dataset
-
     key = context.key if context is not None else "instahide"
     cfg = context.config if context is not None else None
     try:

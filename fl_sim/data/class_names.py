@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from torchvision.models import ResNet50_Weights
+
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 MNIST = tuple(str(d) for d in range(10))
@@ -32,6 +34,5 @@ CIFAR100 = (
 @lru_cache(maxsize=1)
 def imagenet() -> tuple[str, ...]:
     """The 1000 ImageNet-1k names, taken from torchvision's weight metadata (no download)."""
-    from torchvision.models import ResNet50_Weights
 
     return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])

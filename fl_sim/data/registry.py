@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
 from collections.abc import Callable
@@ -37,8 +36,7 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
 
 
 def _registered() -> dict[str, Loader]:
-    # Imported here, not at module top: sources.py imports this module to register itself.
-    importlib.import_module("fl_sim.data.sources")
+    """The loaders (``fl_sim.data`` imports its sources, which register themselves)."""
     return _LOADERS
 
 

@@ -23,7 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from fl_sim.engine.node_ids import node_ids_for
+from fl_sim.node_ids import node_ids_for
 
 
 def _copy(message: Message) -> Message:

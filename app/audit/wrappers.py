@@ -8,27 +8,34 @@ config (Flower makes the client's run_config read-only) and the same state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+Around = Callable[[Grid], AbstractContextManager[Grid]]
 
-def tapped_server_app(user_app: ServerApp, run_config: dict[str, Any], tap: Callable[[Grid], Grid],
-                      before_exit: Callable[[], Any] | None = None) -> ServerApp:
+
+@contextlib.contextmanager
+def _untapped(grid: Grid) -> Iterator[Grid]:
+    yield grid
+
+
+def tapped_server_app(user_app: ServerApp, run_config: dict[str, Any], around: Around | None = None) -> ServerApp:
+    """``around(grid)`` opens a session (the tap, the adversary) whose Grid the user's app gets; it
+    closes after the app's main, while the runtime is still up."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         context.run_config.clear()
         context.run_config.update(run_config)
-        try:
-            user_app(tap(grid), context)
-        finally:
-            if before_exit is not None:  # e.g. wait for the adversary's attacks while Ray is up
-                before_exit()
+        with (around or _untapped)(grid) as session_grid:
+            user_app(session_grid, context)
 
     return app
 

@@ -12,9 +12,30 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fl_sim.config import AdversaryConfig, ConfigError, load_config
+from adversary.attacks import ConfigError as AttackConfigError
+from adversary.evaluation import GrantError
+from adversary.job import AuditStatement, run_job
+from adversary.jobs import JobBook
+from adversary.observation import ObservationError, client_updates
+from adversary.roles import AttackTarget
+from adversary.service import execute_job
+from adversary.traffic_log import TrafficLog, TrafficLogError
+from app.audit import AuditError, load_app_spec, run_audit
+from app.audit.run_config import parse_run_config
+from app.netguard import apply_offline_env
+from app.simulation import run_simulation
+from experiments.registry import ExperimentError, list_experiments
+from experiments.runner import report_experiment, run_experiment
+from experiments.tables import to_markdown
+from fl_sim.config import AdversaryConfig, ConfigError, apply_override, load_config
+from fl_sim.data import DataError
+from fl_sim.deployment import DeploymentCardError
+from fl_sim.models import ModelError
+from fl_sim.rundir import read_summary
+from fl_sim.threat import ThreatModelError
 
 EXIT_USAGE = 2
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.toml"
@@ -25,8 +46,6 @@ class UserError(Exception):
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> None:
-    from fl_sim.simulation import read_summary, run_simulation
-
     config = load_config(args.config or DEMO_CONFIG, args.set or [])
     outcome = run_simulation(config, command=sys.argv)
     last = outcome.result.rounds[-1]
@@ -43,9 +62,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> None:
         console.print(f"intercepted traffic: fl-sim traffic list {outcome.run_dir}")
 
 
-def _open_log(run_dir: str):  # noqa: ANN202
-    from adversary.traffic_log import TrafficLog, TrafficLogError
-
+def _open_log(run_dir: str) -> TrafficLog:
     try:
         return TrafficLog.open(run_dir)
     except TrafficLogError as exc:
@@ -76,8 +93,6 @@ def _cmd_traffic_list(args: argparse.Namespace, console: Console) -> None:
 
 
 def _cmd_traffic_show(args: argparse.Namespace, console: Console) -> None:
-    from adversary.traffic_log import TrafficLogError
-
     with _open_log(args.run_dir) as log:
         try:
             m = log.message(args.msg_id)
@@ -101,8 +116,6 @@ def _cmd_traffic_show(args: argparse.Namespace, console: Console) -> None:
 
 
 def _cmd_traffic_export(args: argparse.Namespace, console: Console) -> None:
-    from adversary.traffic_log import TrafficLogError
-
     with _open_log(args.run_dir) as log:
         try:
             out = log.export(args.msg_id, args.out)
@@ -111,28 +124,34 @@ def _cmd_traffic_export(args: argparse.Namespace, console: Console) -> None:
     console.print(f"wrote {out}")
 
 
+def _input_shape(text: str | None) -> tuple[int, int, int]:
+    try:
+        shape = [int(v) for v in (text or "").split(",")]
+    except ValueError:
+        shape = []
+    if len(shape) != 3 or min(shape) < 1:
+        raise UserError(f"--input-shape: expected C,H,W such as 1,28,28, got {text!r}")
+    return (shape[0], shape[1], shape[2])
+
+
 def _model_option(args: argparse.Namespace) -> dict:
-    """--model module:factory with --input-shape C,H,W, and the other audited-app options."""
-    out: dict = {}
-    if getattr(args, "model", None):
-        try:
-            shape = [int(v) for v in (args.input_shape or "").split(",")]
-        except ValueError:
-            shape = []
-        if len(shape) != 3 or min(shape) < 1:
-            raise UserError(f"--input-shape: expected C,H,W such as 1,28,28, got {args.input_shape!r}")
-        out.update(factory=args.model, input_shape=shape)
-    if getattr(args, "update_kind", None):
-        out["update_kind"] = args.update_kind
-    if getattr(args, "client_data", None):
-        out["client_data"] = args.client_data
-    return out
+    """--model module:factory with --input-shape C,H,W (an audit records them in its deployment card)."""
+    if not getattr(args, "model", None):
+        return {}
+    return {"factory": args.model, "input_shape": list(_input_shape(args.input_shape))}
+
+
+def _audit_statement(args: argparse.Namespace) -> AuditStatement:
+    """What ``fl-sim attack`` is told about an audited app."""
+    return AuditStatement(
+        factory=args.model or None,
+        input_shape=_input_shape(args.input_shape) if args.model else None,
+        update_kind=args.update_kind or None,
+        client_data=args.client_data or None,
+    )
 
 
 def _cmd_audit(args: argparse.Namespace, console: Console) -> None:
-    from fl_sim.audit import AuditError, load_app_spec, run_audit
-    from fl_sim.audit.run_config import parse_run_config
-
     try:
         spec = load_app_spec(args.app, args.clientapp)
         model = _model_option(args)
@@ -161,8 +180,6 @@ def _cmd_audit(args: argparse.Namespace, console: Console) -> None:
 
 
 def _attack_overrides(assignments: list[str]) -> tuple[dict, dict]:
-    from fl_sim.config import apply_override
-
     tree: dict = {}
     for assignment in assignments:
         apply_override(tree, assignment)
@@ -173,8 +190,6 @@ def _attack_overrides(assignments: list[str]) -> tuple[dict, dict]:
 
 
 def _attack_targets(args: argparse.Namespace) -> list[int]:
-    from adversary.observation import client_updates
-
     with _open_log(args.run_dir) as log:
         if args.msg is not None:
             return [args.msg]
@@ -190,9 +205,6 @@ def _attack_targets(args: argparse.Namespace) -> list[int]:
 
 def _resume_attacks(args: argparse.Namespace, console: Console) -> None:
     """Run the attacks a run's adversary scheduled but did not finish."""
-    from adversary.jobs import JobBook
-    from adversary.service import execute_job
-
     if not JobBook.exists(args.run_dir):
         raise UserError(f"RUN_DIR: {args.run_dir} has no adversary job book (the run had no adversary role)")
     book = JobBook(args.run_dir)
@@ -207,16 +219,6 @@ def _resume_attacks(args: argparse.Namespace, console: Console) -> None:
 
 
 def _cmd_attack(args: argparse.Namespace, console: Console) -> None:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from adversary.attack_job import run_attack
-    from adversary.foreign import ForeignModelError
-    from adversary.roles import AttackTarget
-    from adversary.attacks import ConfigError as AttackConfigError
-    from adversary.attacks import ThreatModelError
-    from adversary.grants import GrantError
-    from adversary.traffic_log import TrafficLogError
-
     if args.resume:
         _resume_attacks(args, console)
         return
@@ -231,10 +233,11 @@ def _cmd_attack(args: argparse.Namespace, console: Console) -> None:
                 progress.update(bar, completed=iteration + 1, description=f"{loss:.4g}")
 
             try:
-                outcome = run_attack(args.run_dir, AttackTarget("update", None, (msg_id,)), args.preset,
-                                     attack_overrides=attack_overrides, threat=threat, progress=update,
-                                     foreign=_model_option(args) or None)
-            except (AttackConfigError, ThreatModelError, GrantError, TrafficLogError, ForeignModelError, KeyError) as exc:
+                outcome = run_job(args.run_dir, AttackTarget("update", None, (msg_id,)), args.preset,
+                                  attack_overrides=attack_overrides, threat=threat, progress=update,
+                                  audit=_audit_statement(args))
+            except (AttackConfigError, ThreatModelError, GrantError, TrafficLogError, ObservationError,
+                    DeploymentCardError, KeyError) as exc:
                 raise UserError(str(exc).strip("'\"")) from None
         m = outcome.metrics
         line = f"msg {msg_id} (round {m['round']}): objective {m['objective']:.4g}"
@@ -248,8 +251,6 @@ def _cmd_attack(args: argparse.Namespace, console: Console) -> None:
 
 
 def _cmd_experiment_list(args: argparse.Namespace, console: Console) -> None:
-    from experiments.registry import list_experiments
-
     table = Table(title="experiments")
     for col in ("name", "presets", "what"):
         table.add_column(col)
@@ -259,21 +260,15 @@ def _cmd_experiment_list(args: argparse.Namespace, console: Console) -> None:
 
 
 def _print_tables(console: Console, tables: list) -> None:
-    from experiments.tables import to_markdown
-
     for t in tables:
         console.print(to_markdown(t), markup=False, highlight=False)
 
 
 def _cmd_experiment_run(args: argparse.Namespace, console: Console) -> None:
-    from experiments.registry import ExperimentError
-    from experiments.runner import run_experiment
-    from fl_sim.data import DataError
-    from fl_sim.models import ModelError
-
     try:
         outcome = run_experiment(args.name, args.preset, args.set or [], args.out or "runs",
-                                 progress=lambda msg: console.print(msg, highlight=False), only=args.only)
+                                 progress=lambda msg: console.print(msg, highlight=False), only=args.only,
+                                 simulate=run_simulation)
     except (ExperimentError, DataError, ModelError) as exc:  # cells load data and models themselves
         raise UserError(str(exc)) from None
     _print_tables(console, outcome.tables)
@@ -281,9 +276,6 @@ def _cmd_experiment_run(args: argparse.Namespace, console: Console) -> None:
 
 
 def _cmd_experiment_report(args: argparse.Namespace, console: Console) -> None:
-    from experiments.registry import ExperimentError
-    from experiments.runner import report_experiment
-
     try:
         tables, _figures = report_experiment(args.run_dir)
     except ExperimentError as exc:
@@ -372,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    apply_offline_env()
     args = build_parser().parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 160)
     try:

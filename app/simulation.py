@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from adversary.attacks import ConfigError as AttackConfigError
+from adversary.attacks import preset_config
+from adversary.malicious.detection import vetting_detection
+from adversary.malicious.server import MaliciousServerError
+from adversary.malicious.wrapper import strategy_from_config
+from adversary.roles import RoleError, build_role
+from app.engine import run_engine
+from app.wiring import role_context, server_app_for
+from clients.app import make_client_app
+from clients.defenses import build_defenses, public_encoding
 from fl_sim.config import ConfigError, RunConfig
 from fl_sim.data import DataError, label_histogram
+from fl_sim.deployment import simulation_card
+from fl_sim.ground_truth import init_ground_truth
 from fl_sim.models import ModelError
 from fl_sim.rundir import PARTITIONS_JSON, SUMMARY_JSON, create_run_dir, write_json_atomic
-from fl_sim.task import load_task
-from server.loop import TrainingResult
+from fl_sim.task import Task, load_task
+from server.rounds import TrainingResult
 
 
 @dataclass
@@ -30,51 +43,37 @@ def validate(config: RunConfig) -> None:
     except (DataError, ModelError) as exc:
         raise ConfigError(str(exc)) from None
     if config.defenses:
-        from clients.defenses import build_defenses  # the clients' side; raises ConfigError
-
         build_defenses(config, input_shape=task.dataset.input_shape, num_classes=task.dataset.num_classes, model=model)
-    if config.engine.name == "ray" and config.engine.num_gpus_per_client > 0:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("engine.num_gpus_per_client: no GPU is visible; set it to 0")
+    if config.engine.name == "ray" and config.engine.num_gpus_per_client > 0 and not torch.cuda.is_available():
+        raise ConfigError("engine.num_gpus_per_client: no GPU is visible; set it to 0")
     if config.adversary.active:
         validate_adversary(config)
 
 
 def validate_adversary(config: RunConfig) -> None:
     """The role loads, its options fit, the attack preset and overrides resolve."""
-    from adversary.attacks import ConfigError as AttackConfigError
-    from adversary.attacks import preset_config
-    from adversary.grants import THREAT_KEYS
-    from adversary.roles import RoleError, build_role
-    from adversary.service import role_context
-    from fl_sim.engine.node_ids import node_ids_for
-
     if not config.tap.enabled:
         raise ConfigError("adversary.role: an adversary needs the tap; set tap.enabled = true")
-    nodes = node_ids_for(config.seed, config.federation.num_clients)
     try:
-        build_role(config.adversary.role, dict(config.adversary.options), role_context(config.federation.secagg, dict(enumerate(nodes))))
+        build_role(config.adversary.role, dict(config.adversary.options), role_context(config))
         preset_config(config.adversary.preset, dict(config.adversary.attack))
     except (RoleError, AttackConfigError) as exc:
         raise ConfigError(str(exc).replace("\n", " ")) from None
     if config.adversary.role == "malicious-server":
-        from adversary.malicious.from_config import strategy_from_config
-        from adversary.malicious.threat import MaliciousServerError
-
         try:
             strategy_from_config(config)
         except MaliciousServerError as exc:
             raise ConfigError(str(exc)) from None
-    for key in config.adversary.threat:
-        if key not in THREAT_KEYS:
-            raise ConfigError(f"adversary.threat.{key}: unknown key; choose one of: {', '.join(THREAT_KEYS)}")
 
 
-def write_partitions(config: RunConfig, run_dir: Path) -> None:
+def write_deployment_card(config: RunConfig, task: Task, run_dir: Path) -> None:
+    """What is public about this deployment, for the attacker (``deployment.json``)."""
+    encoder, center = public_encoding(config, task.new_model(), task.dataset.input_shape[0])
+    simulation_card(config, task, encoder=encoder, sign_center=center).write(run_dir)
+
+
+def write_partitions(config: RunConfig, task: Task, run_dir: Path) -> None:
     """Per-partition sizes and label histograms (simulation bookkeeping, not traffic)."""
-    task = load_task(config)
     hist = label_histogram(task.dataset.train_y.numpy(), list(task.partitions), task.dataset.num_classes)
     write_json_atomic(
         run_dir / PARTITIONS_JSON,
@@ -88,19 +87,15 @@ def write_partitions(config: RunConfig, run_dir: Path) -> None:
 
 
 def run_simulation(config: RunConfig, *, command: list[str] | None = None, quiet: bool = False) -> RunOutcome:
-    from clients.app import make_client_app
-    from fl_sim.engine import run_engine
-    from server.app import make_server_app
-
     validate(config)
     run_dir = create_run_dir(config, command=command)
-    write_partitions(config, run_dir)
+    task = load_task(config)
+    write_deployment_card(config, task, run_dir)
+    write_partitions(config, task, run_dir)
     if config.tap.ground_truth:
-        from adversary.ground_truth import init_ground_truth
-
         init_ground_truth(run_dir)
     box: list[TrainingResult] = []
-    server_app = make_server_app(config, run_dir, on_result=box.append, quiet=quiet)
+    server_app = server_app_for(config, run_dir, on_result=box.append, quiet=quiet)
     client_app = make_client_app(config, run_dir)
     start = time.perf_counter()
     run_engine(server_app, client_app, config)
@@ -128,11 +123,5 @@ def _vetting_summary(config: RunConfig, run_dir: Path) -> dict:
     """With a vetting defense under the tap: how many manipulated (and honest) rounds it flagged."""
     if not config.tap.enabled or not any(d.name == "vetting" for d in config.defenses):
         return {}
-    from adversary.malicious.detection import vetting_detection
-
     report = vetting_detection(run_dir)
     return {"vetting": report} if report is not None else {}
-
-
-def read_summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / SUMMARY_JSON).read_text())

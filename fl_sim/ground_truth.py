@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from adversary.sqlite_util import open_shared
+from fl_sim.sqlite_util import open_shared
 
 GROUND_TRUTH_DIR = "ground_truth"
 _DB = "index.sqlite"

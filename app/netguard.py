@@ -1,8 +1,11 @@
 """Keep Flower and Ray on loopback: no telemetry, no usage stats, no cloud probes.
 
 Flower posts telemetry and Ray reports usage and probes cloud metadata addresses
-unless told not to. These settings must be in the environment before either
-package starts a process, so the package sets them on import.
+unless told not to. Both read some of these switches when they are first
+imported, so the app layer applies them when it starts (``import app`` does,
+before any of its modules imports Flower or Ray), and again before every engine
+starts. A Flower or Ray imported earlier by other code (a test, a script that
+imports the adversary directly) read the defaults: their switches are set too.
 """
 
 from __future__ import annotations
@@ -30,10 +33,23 @@ OFFLINE_ENV = {
 }
 
 
+# Module-level switches the packages read from the environment when first imported: (module, name, value).
+IMPORT_TIME_SWITCHES = (
+    ("flwr.supercore.telemetry", "FLWR_TELEMETRY_ENABLED", OFFLINE_ENV["FLWR_TELEMETRY_ENABLED"]),
+    # Off, Ray uses 127.0.0.1 as the node address instead of asking a public DNS server for a routable one.
+    ("ray._private.ray_constants", "ENABLE_RAY_CLUSTER", False),
+    ("ray._private.ray_constants", "RAY_ENABLE_UV_RUN_RUNTIME_ENV", False),
+)
+
+
 def apply_offline_env() -> None:
     """Force the no-phone-home settings (explicit values win over user ones on purpose)."""
     for key, value in OFFLINE_ENV.items():
         os.environ[key] = value
+    for module_name, attr, value in IMPORT_TIME_SWITCHES:
+        module = sys.modules.get(module_name)
+        if module is not None:  # imported before the switch was set: it read the default then
+            setattr(module, attr, value)
 
 
 def _ray_home() -> Path:
@@ -66,28 +82,3 @@ def ray_environment() -> Iterator[None]:
             os.environ.pop("HOME", None)
         else:
             os.environ["HOME"] = saved
-
-
-def init_ray_local(num_cpus: int | None = None, num_gpus: int | None = None, address: str | None = None) -> None:
-    """Start (or join) Ray bound to loopback, with dashboard and usage stats off."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    # Workers must import what the driver can (a user's app directory, say), as Flower
-    # arranges when it starts Ray itself.
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
-    with ray_environment():
-        if address:
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False, runtime_env=runtime_env)
-            return
-        ray.init(
-            runtime_env=runtime_env,
-            _node_ip_address=LOOPBACK,
-            include_dashboard=False,
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            logging_level="ERROR",
-            log_to_driver=False,
-            configure_logging=True,
-        )

@@ -6,7 +6,7 @@ import shlex
 import tomllib
 from typing import Any
 
-from fl_sim.audit.app_ref import AuditError
+from app.audit.app_ref import AuditError
 
 
 def parse_run_config(text: str | None) -> dict[str, Any]:

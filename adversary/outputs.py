@@ -1,21 +1,25 @@
-"""What an attack leaves behind: a PNG grid, the loss curve, metrics and config.
+"""What an attack leaves behind: a PNG grid, the loss curve, the reconstruction, metrics and config.
 
-Originals (matched one-to-one to the reconstructions) sit above the
-reconstructions, so a reader sees at a glance what leaked.
+Every attack job (an optimisation attack, a malicious server's recovery) writes the
+same files through :func:`write_attack_outputs`. In the grid, originals (matched
+one-to-one to the reconstructions) sit above the reconstructions, so a reader sees
+at a glance what leaked.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as _dt
 import json
+import secrets
+import threading
 from pathlib import Path
 from typing import Any
-
-import threading
 
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from safetensors.torch import save_file
 from torchvision.utils import make_grid, save_image
 
 # Attack workers may run on threads; matplotlib's text layout is not thread-safe.
@@ -26,6 +30,9 @@ LOSS_PNG = "loss.png"
 LOSS_CSV = "loss.csv"
 METRICS_JSON = "metrics.json"
 ATTACK_JSON = "attack.json"
+RECONSTRUCTION = "reconstruction.safetensors"
+ATTACKS_DIR = "attacks"
+GRID_LIMIT = 64  # images shown in a grid
 
 
 def save_grid(path: Path, reconstructions: torch.Tensor, originals: torch.Tensor | None = None, per_row: int = 16) -> None:
@@ -71,3 +78,32 @@ def save_loss_curve(out_dir: Path, curve: list[float], title: str) -> None:
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def attack_dir(run_dir: Path, round: int, label: str, method: str) -> Path:
+    """A fresh ``RUN_DIR/attacks/r<round>-<label>-<method>-<stamp>-<hex>`` folder."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = run_dir / ATTACKS_DIR / f"r{round}-{label}-{method}-{stamp}-{secrets.token_hex(2)}"
+    out_dir.mkdir(parents=True)
+    return out_dir
+
+
+def write_attack_outputs(out_dir: Path, *, images: torch.Tensor, shown: torch.Tensor, labels: torch.Tensor | None,
+                         loss_curve: list[float], title: str, metrics: dict[str, Any], config: dict[str, Any],
+                         originals: torch.Tensor | None = None) -> None:
+    """The grid of ``shown`` (originals over their matched reconstructions, when the metrics hold the
+    matching), the loss curve, the reconstructed ``images`` as the attack returned them,
+    ``metrics.json`` and ``attack.json``."""
+    if originals is not None and len(originals) and "perm" in metrics:
+        pool = torch.cat([shown, torch.zeros(max(0, len(originals) - len(shown)), *shown.shape[1:])])
+        save_grid(out_dir / GRID_PNG, pool[torch.as_tensor(metrics["perm"])][:GRID_LIMIT], originals[:GRID_LIMIT])
+    elif len(shown):
+        save_grid(out_dir / GRID_PNG, shown[:GRID_LIMIT])
+    if loss_curve:
+        save_loss_curve(out_dir, loss_curve, title)
+    tensors = {"images": images.detach().contiguous()}
+    if labels is not None:
+        tensors["labels"] = labels.contiguous()
+    save_file(tensors, str(out_dir / RECONSTRUCTION))
+    write_json(out_dir / METRICS_JSON, metrics)
+    write_json(out_dir / ATTACK_JSON, config)

@@ -6,7 +6,7 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,16 +14,17 @@ from typing import Any
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from adversary.tap import TappedGrid
-from adversary.traffic_log import TrafficLog, TrafficWriter
-from fl_sim.audit.app_ref import AuditError, FlowerAppSpec, import_component
-from fl_sim.audit.run_config import merge_run_config
-from fl_sim.audit.wrappers import ConfiguredClientApp, tapped_server_app
-from fl_sim.config import EngineConfig
-from adversary.attack_job import SIMULATION_JSON
+from adversary.roles import RoleContext
+from adversary.traffic_log import TrafficLog
+from app.audit.app_ref import AuditError, FlowerAppSpec, import_component
+from app.audit.run_config import merge_run_config
+from app.audit.wrappers import Around, ConfiguredClientApp, tapped_server_app
+from app.engine import run_apps
+from app.wiring import tapped_session
 from fl_sim.config import AdversaryConfig
-from fl_sim.engine.node_ids import node_ids_for
-from fl_sim.rundir import make_run_dir, write_json_atomic
+from fl_sim.deployment import DeploymentCardError, audit_card
+from fl_sim.node_ids import node_ids_for
+from fl_sim.rundir import SIMULATION_JSON, make_run_dir, write_json_atomic
 
 APP_WORKDIR = "app_workdir"
 ENGINES = ("ray", "inline")
@@ -55,22 +56,14 @@ def execute_app(
     engine: str,
     seed: int,
     workdir: Path,
-    tap: Callable[[Grid], Grid] | None = None,
-    before_exit: Callable[[], Any] | None = None,
+    around: Around | None = None,
 ) -> None:
-    """Run the user's apps as they are, in ``workdir``; ``tap`` wraps the server's Grid;
-    ``before_exit`` runs after the app's main, while Ray is still up."""
-    server_app = tapped_server_app(user_server, run_config, tap or (lambda grid: grid), before_exit)
+    """Run the user's apps as they are, in ``workdir``; ``around`` opens a session around the app's
+    main that hands it the Grid to use (a tapped one) and closes while the runtime is still up."""
+    server_app = tapped_server_app(user_server, run_config, around)
     client_app = ConfiguredClientApp(user_client, run_config)
     with _working_directory(workdir):
-        if engine == "ray":
-            from fl_sim.engine.ray_engine import run_ray
-
-            run_ray(server_app, client_app, nodes, EngineConfig(), seed)
-        else:
-            from fl_sim.engine.inline import run_inline
-
-            run_inline(server_app, client_app, nodes, seed)
+        run_apps(server_app, client_app, engine=engine, nodes=nodes, seed=seed)
 
 
 def run_audit(
@@ -108,33 +101,28 @@ def run_audit(
         "model": model or {},
         "adversary": adversary.model_dump() if adversary is not None else None,
     }
+    try:
+        card = audit_card(factory=(model or {}).get("factory"), factory_root=str(spec.root) if spec.root else None,
+                          input_shape=tuple((model or {}).get("input_shape") or ()) or None,
+                          update_kind=(model or {}).get("update_kind", "weights"))
+    except DeploymentCardError as exc:
+        raise AuditError(str(exc)) from None
     run_dir = make_run_dir(out_dir, name, resolved, seed=seed, command=command).resolve()
     workdir = run_dir / APP_WORKDIR
     workdir.mkdir()
+    card.write(run_dir)
     node_ids = node_ids_for(seed, nodes)  # both engines draw node ids from the seed
     write_json_atomic(run_dir / SIMULATION_JSON, {"partition_of_node": {str(n): p for p, n in enumerate(node_ids)},
                                                   "num_partitions": nodes})
-    writer = TrafficWriter(run_dir)
-    attackers: list[Any] = []
+    context = RoleContext(secagg=False, node_of_partition=dict(enumerate(node_ids)))
 
-    def tap(grid: Grid) -> Grid:
-        # Started here, inside the app's main: under Ray the runtime is up by now.
-        if adversary is not None and adversary.active:
-            from adversary.service import role_context, start_adversary
-
-            attackers.append(start_adversary(run_dir, adversary, role_context(False, dict(enumerate(node_ids))), engine))
-        return TappedGrid(grid, writer, observe=attackers[0].on_intercept if attackers else None)
-
-    def finish() -> None:
-        for attacker in attackers:
-            attacker.finish(adversary.wait if adversary else True)
+    @contextlib.contextmanager
+    def around(grid: Grid) -> Iterator[Grid]:
+        with tapped_session(grid, run_dir, adversary, context, engine) as session:
+            yield session.grid
 
     start = time.perf_counter()
-    try:
-        execute_app(user_server, user_client, run_config, nodes=nodes, engine=engine, seed=seed, workdir=workdir,
-                    tap=tap, before_exit=finish)
-    finally:
-        writer.close()
+    execute_app(user_server, user_client, run_config, nodes=nodes, engine=engine, seed=seed, workdir=workdir, around=around)
     wall = time.perf_counter() - start
     with TrafficLog.open(run_dir) as log:
         count = len(log)

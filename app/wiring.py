@@ -1,0 +1,85 @@
+"""How a run is put together: the tap and the adversary around the server's rounds.
+
+One session (:func:`tapped_session`) serves fl-sim's own simulations and audits of
+unmodified Flower apps: a traffic writer, the adversary's role and workers (when a
+role is configured), and a tapped Grid that feeds them; at the end, while the
+runtime is still up, the adversary's attacks are waited for and the log is closed.
+A simulation's server also gets its strategy wrapped when the role is a malicious
+server (:func:`server_app_for`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.serverapp import Grid, ServerApp
+from rich.console import Console
+
+from adversary.malicious.wrapper import malicious_server
+from adversary.roles import RoleContext
+from adversary.service import start_adversary
+from adversary.tap import TappedGrid
+from adversary.traffic_log import TrafficWriter
+from fl_sim.config import AdversaryConfig, RunConfig
+from fl_sim.node_ids import node_ids_for
+from server.app import StrategyWrapper, make_server_app
+from server.rounds import TrainingResult
+
+
+def role_context(config: RunConfig) -> RoleContext:
+    nodes = node_ids_for(config.seed, config.federation.num_clients)
+    return RoleContext(secagg=config.federation.secagg, node_of_partition=dict(enumerate(nodes)))
+
+
+@dataclass
+class Session:
+    grid: Grid
+    adversary: Any | None  # adversary.service's ThreadAdversary or RayAdversary
+
+
+@contextlib.contextmanager
+def tapped_session(grid: Grid, run_dir: Path, adversary: AdversaryConfig | None, context: RoleContext, engine: str,
+                   console: Console | None = None) -> Iterator[Session]:
+    """The tap (and the adversary, if a role is configured) around everything the server sends and receives."""
+    writer = TrafficWriter(run_dir)
+    attacker = None
+    try:
+        if adversary is not None and adversary.active:
+            # Started here, inside the server's main: under Ray the runtime is up by now.
+            attacker = start_adversary(run_dir, adversary, context, engine)
+        yield Session(TappedGrid(grid, writer, observe=attacker.on_intercept if attacker is not None else None), attacker)
+    finally:
+        if attacker is not None:
+            states = attacker.finish(adversary.wait if adversary is not None else True)
+            if console is not None:
+                console.print("adversary: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + " attacks")
+        writer.close()
+
+
+def _wrapper(config: RunConfig, run_dir: Path, session: Session) -> StrategyWrapper:
+    """A malicious server wraps the honest strategy; any other role leaves it as it is."""
+    if config.adversary.role != "malicious-server":
+        return lambda strategy: strategy
+    on_aggregate = session.adversary.on_server_aggregate if session.adversary is not None else None
+    return lambda strategy: malicious_server(config, strategy, run_dir, on_aggregate)
+
+
+def server_app_for(config: RunConfig, run_dir: Path | None, *, on_result: Callable[[TrainingResult], None] | None = None,
+                   quiet: bool = False) -> ServerApp:
+    """The run's ServerApp: with the tap on, the rounds run inside a tapped session."""
+    if not config.tap.enabled or run_dir is None:
+        return make_server_app(config, run_dir, on_result=on_result, quiet=quiet)
+    path = Path(run_dir)
+
+    @contextlib.contextmanager
+    def around(grid: Grid) -> Iterator[tuple[Grid, StrategyWrapper]]:
+        console = Console(stderr=True, quiet=quiet)
+        with tapped_session(grid, path, config.adversary, role_context(config), config.engine.name, console) as session:
+            yield session.grid, _wrapper(config, path, session)
+
+    return make_server_app(config, run_dir, around=around, on_result=on_result, quiet=quiet)
+
