@@ -53,6 +53,14 @@ def test_no_import_inside_a_function_except_optional_dependencies() -> None:
     assert not found, "\n".join(found)
 
 
+def _fresh_python(code: str) -> str:
+    """``code``'s output in a new interpreter without any FLWR_/RAY_ variable set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLWR_", "RAY_"))}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_importing_the_core_changes_no_environment_variable() -> None:
     code = (
         "import json, os; before = dict(os.environ)\n"
@@ -60,10 +68,7 @@ def test_importing_the_core_changes_no_environment_variable() -> None:
         "fl_sim.ground_truth, fl_sim.threat, fl_sim.wire, fl_sim.rounds, fl_sim.node_ids\n"
         "print(json.dumps({k: v for k, v in os.environ.items() if before.get(k) != v}))"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLWR_", "RAY_"))}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == {}
+    assert json.loads(_fresh_python(code).strip().splitlines()[-1]) == {}
 
 
 def test_starting_the_app_keeps_flower_and_ray_on_loopback_even_if_they_were_imported_first() -> None:
@@ -73,18 +78,12 @@ def test_starting_the_app_keeps_flower_and_ray_on_loopback_even_if_they_were_imp
         "import app, os\n"
         "print(*first, t.FLWR_TELEMETRY_ENABLED, rc.ENABLE_RAY_CLUSTER, os.environ['RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'])"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLWR_", "RAY_"))}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["1", "True", "0", "False", "0"]
+    assert _fresh_python(code).split() == ["1", "True", "0", "False", "0"]
 
 
 def test_the_app_applies_its_network_guard_before_flower_or_ray_is_imported() -> None:
     code = "import app, os, sys, ray._private.ray_constants as rc; print(rc.ENABLE_RAY_CLUSTER, 'flwr' in sys.modules)"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLWR_", "RAY_"))}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["False", "False"]  # read from the guard's environment; import app pulls no Flower
+    assert _fresh_python(code).split() == ["False", "False"]  # read from the guard's environment; import app pulls no Flower
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
