@@ -26,9 +26,11 @@ import torch
 from torch import Tensor
 
 from adversary.attacks import AttackInputs, label_accuracy
+from adversary.attacks.simulate import recipe_batches, replay_error
 from adversary.methods import AttackMethod, Reconstruction
 from adversary.metrics import evaluate_reconstruction, lpips_distance
 from adversary.observation import Observation
+from adversary.verdict import Judge, summarize
 from fl_sim.ground_truth import GroundTruth, PrivateBatch
 from fl_sim.models import bn_layers
 from fl_sim.rundir import SIMULATION_JSON
@@ -36,6 +38,9 @@ from fl_sim.threat import NAMED_THREAT_MODELS, ThreatModel, ThreatModelError, Th
 
 EXACT_PSNR = 40.0
 PSNR_CAP = 100.0  # a bit-exact image has infinite PSNR; averages count it as 100 dB
+POOL_SIZE = 32  # real images of the same data a verdict is calibrated against
+RECIPE_TOLERANCE = 0.01  # a recipe replayed on the true batch within 1 % of the observed update is right
+UNSIMULATED_DEFENSES = ("gradprune", "dp")  # update transforms and noisy steps the attacker cannot replay
 
 ClientData = Callable[[int, int], Tensor]  # (partition, num_partitions) -> that partition's images
 
@@ -137,6 +142,7 @@ class Evaluator:
         self.run_dir = Path(run_dir)
         self.truth = truth
         self._private: dict[int, Evaluation | None] = {}
+        self._client_data: tuple[Tensor, Tensor | None, int] | None = None
 
     @classmethod
     def open(cls, run_dir: str | Path) -> Evaluator:
@@ -186,6 +192,7 @@ class Evaluator:
             bn_exact=self._bn_exact(obs, ev) if ev is not None and threat_model.bn_stats == "exact" else None,
             data_range=obs.input_range,
             sign_center=obs.center_tensor if obs.sign_center is not None else None,
+            recipe=obs.recipe,
             extra={"running_stats": obs.running_stats} if obs.running_stats else {},
         )
 
@@ -207,6 +214,50 @@ class Evaluator:
         except KeyError as exc:
             raise GrantError(f"threat.bn_stats: the sidecar lacks BatchNorm statistics {exc}") from None
 
+    # ------------------------------------------------------------------ the recipe check
+
+    def true_steps(self, obs: Observation, client_data: ClientData | None = None,
+                   num_images: int | None = None) -> list[list[tuple[Tensor, Tensor]]] | None:
+        """Each contributing client's local steps on its true batches ((x, y) per step), or None.
+
+        fl-sim's runs: the sidecar's steps (encoded images and their labels where an encoder ran).
+        An audit: the client's data as ``--client-data`` gives it (images and labels, in the order the
+        client walks them), cut into the recipe's batches."""
+        ev = self.private(obs)
+        if ev is not None:
+            batches = [self.truth.batch_for_round(obs.round, n) for n in obs.aggregate_of] if obs.aggregate_of else [ev.batch]
+            return [[(torch.from_numpy(s.get("encoded", s["images"])), torch.from_numpy(s.get("encoded_labels", s["labels"])))
+                     for s in b.steps] for b in batches if b is not None]
+        if client_data is None:
+            return None
+        data = self.client_data(obs, client_data)
+        count = num_images or obs.num_examples
+        if data is None or data[1] is None or not count:
+            return None
+        x, y = data[0][:count], data[1][:count]
+        recipe = obs.recipe
+        from_slots = recipe_batches(recipe, len(x), int(obs.local["local_steps"]), obs.local["batch_size"])
+        return [[(x[idx], y[idx]) for idx in from_slots]]
+
+    def recipe_check(self, obs: Observation, inputs: AttackInputs, threat_model: ThreatModel,
+                     client_data: ClientData | None = None) -> dict[str, Any]:
+        """Replay the attacker's model of the client (its recipe, the threat model's hyperparameters) on the
+        true batches: the relative error between the simulated and the observed update (``recipe_error``).
+        A large one means the attack models the client wrongly (optimiser, normalisation, batching) and its
+        reconstructions mean little."""
+        steps = self.true_steps(obs, client_data, threat_model.num_images)
+        if not steps:
+            return {"recipe_check": "not run: no true batch (no ground truth; give --client-data with labels)"}
+        error = replay_error(inputs, threat_model, steps)
+        out: dict[str, Any] = {"recipe_error": error, "recipe_ok": bool(error <= RECIPE_TOLERANCE)}
+        if error > RECIPE_TOLERANCE:
+            unsimulated = [d for d in obs.defenses if d in UNSIMULATED_DEFENSES]
+            why = (f" (the client's {', '.join(unsimulated)} is not simulated)" if unsimulated else
+                   ": check the optimiser, its hyperparameters, the input normalisation and the batching")
+            out["recipe_warning"] = (f"the attacker's model of the client is wrong: replaying it on the true batch "
+                                     f"gives an update {error:.1%} away from the observed one{why}")
+        return out
+
     # ------------------------------------------------------------------ scoring
 
     def originals(self, obs: Observation, method: AttackMethod, recon: Reconstruction) -> tuple[Tensor, Tensor] | None:
@@ -220,33 +271,117 @@ class Evaluator:
             images, labels = images[keep], labels[keep]
         return obs.unsigned(images), labels
 
-    def score(self, obs: Observation, method: AttackMethod, recon: Reconstruction) -> dict[str, Any]:
-        """Metrics of the reconstructions against the private images ({} without ground truth)."""
+    def assess(self, obs: Observation, method: AttackMethod, recon: Reconstruction,
+               client_data: ClientData | None = None) -> Assessment:
+        """Metrics and calibrated verdicts of the reconstructions, and the real images to show with them."""
+        shown = obs.unsigned(recon.images).clamp(0, 1)
+        if obs.foreign:
+            return self._assess_foreign(obs, shown, client_data)
         ev = self.private(obs)
         found = self.originals(obs, method, recon)
         if ev is None or found is None:
-            return {}
+            return Assessment({}, shown)
         originals, labels = found
         metrics: dict[str, Any] = {}
         if recon.target_class is not None:
             metrics["batch_images"] = len(ev.distinct()[0] if method.distinct_images else ev.trained_on)
-        metrics.update(score_reconstruction(obs.unsigned(recon.images).clamp(0, 1), originals, method.match))
+        metrics.update(score_reconstruction(shown, originals, method.match))
         if recon.labels is not None and len(labels):
             metrics["label_accuracy"] = label_accuracy(_hard(recon.labels), _hard(labels))
         metrics["scored_against"] = "encoded" if ev.encoded is not None else "private"
-        return metrics
+        if len(originals):
+            pool = torch.cat([shown, torch.zeros(max(0, len(originals) - len(shown)), *shown.shape[1:])])
+            matched = pool[torch.as_tensor(metrics["perm"])]
+            metrics.update(self._verdicts(obs, ev, matched, originals))
+        return Assessment(metrics, shown, originals)
 
-    def score_foreign(self, obs: Observation, images: Tensor, client_data: ClientData | None) -> dict[str, Any]:
-        """An audited app: where each hyperparameter came from and, with the user's grant of the client's
-        data, each reconstruction's LPIPS to its nearest image there."""
-        out: dict[str, Any] = {"hyperparameters": obs.local.get("sources", {})}
-        if client_data is not None:
+    def _verdicts(self, obs: Observation, ev: Evaluation, matched: Tensor, originals: Tensor) -> dict[str, Any]:
+        """Calibrated verdicts against real images of the attacked clients' data from the sidecar."""
+        key = "encoded" if ev.encoded is not None else "images"
+        nodes = obs.aggregate_of or ((obs.client,) if obs.client is not None else ())
+        others = [obs.unsigned(torch.from_numpy(a)[None])[0] for a in self.truth.images_of(nodes, key, POOL_SIZE)]
+        pool, index = _pool_with(originals, others)
+        if len(pool) < 2:
+            return {"verdict_note": "too few real images of this client's data to calibrate a verdict"}
+        judge = Judge(pool, pool=POOL_SIZE)
+        verdicts = judge.judge(matched, index)
+        return {**summarize(verdicts), "verdicts": verdicts, "references": judge.references(), "reference_images": len(pool)}
+
+    def client_data(self, obs: Observation, client_data: ClientData) -> tuple[Tensor, Tensor | None] | None:
+        """The attacked client's data from the user's ``--client-data`` (images, and labels if it gives them)."""
+        if obs.client is None:
+            return None
+        if self._client_data is None:
             sim = json.loads((self.run_dir / SIMULATION_JSON).read_text())
             partition = sim["partition_of_node"][str(obs.client)]
-            lp = nearest_lpips(images, client_data(partition, sim["num_partitions"]))
-            out.update({"nearest_lpips": lp, "nearest_lpips_avg": sum(lp) / len(lp), "nearest_lpips_best": min(lp),
-                        "client_partition": partition})
-        return out
+            got = client_data(partition, sim["num_partitions"])
+            images, labels = (got[0], got[1]) if isinstance(got, (tuple, list)) else (got, None)
+            self._client_data = (torch.as_tensor(images).float(), None if labels is None else torch.as_tensor(labels).long(),
+                                 partition)
+        images, labels, _ = self._client_data
+        return images, labels
+
+    @property
+    def client_partition(self) -> int | None:
+        return self._client_data[2] if self._client_data is not None else None
+
+    def _assess_foreign(self, obs: Observation, shown: Tensor, client_data: ClientData | None) -> Assessment:
+        """An audited app: where each hyperparameter came from and, with the user's grant of the client's
+        data, each reconstruction's nearest image there, its LPIPS and the calibrated verdicts."""
+        out: dict[str, Any] = {"hyperparameters": obs.local.get("sources", {})}
+        if client_data is None:
+            return Assessment(out, shown)
+        images, _ = self.client_data(obs, client_data)  # type: ignore[misc]
+        lp = nearest_lpips(shown, images)
+        out.update({"nearest_lpips": lp, "nearest_lpips_avg": sum(lp) / len(lp), "nearest_lpips_best": min(lp),
+                    "client_partition": self.client_partition})
+        if len(images) < 2:
+            out["verdict_note"] = "too few of the client's images to calibrate a verdict"
+            return Assessment(out, shown)
+        judge = Judge(images, holdout=self._holdout(client_data), pool=POOL_SIZE)
+        verdicts = judge.judge(shown)
+        out.update({**summarize(verdicts), "verdicts": verdicts, "references": judge.references(),
+                    "reference_images": len(images)})
+        nearest = images[torch.as_tensor([v["image"] for v in verdicts])]
+        return Assessment(out, shown, nearest, compare_below=True)
+
+    def _holdout(self, client_data: ClientData) -> Tensor | None:
+        """Real images of the same data that the attacked client does not hold: other partitions' images."""
+        sim = json.loads((self.run_dir / SIMULATION_JSON).read_text())
+        found: list[Tensor] = []
+        for partition in range(sim["num_partitions"]):
+            if partition == self.client_partition:
+                continue
+            got = client_data(partition, sim["num_partitions"])
+            found.append(torch.as_tensor(got[0] if isinstance(got, (tuple, list)) else got).float())
+            if sum(len(f) for f in found) >= POOL_SIZE:
+                break
+        return torch.cat(found)[:POOL_SIZE] if found else None
+
+
+@dataclass
+class Assessment:
+    """What the evaluator says about an attack's reconstructions, and what to show with them."""
+
+    metrics: dict[str, Any]
+    shown: Tensor  # the reconstructions as judged (|x - c| under InstaHide), in [0, 1]
+    compare: Tensor | None = None  # the matched private images, or (an audit) each reconstruction's nearest image
+    compare_below: bool = False
+
+
+def _pool_with(first: Tensor, others: list[Tensor]) -> tuple[Tensor, list[int]]:
+    """Distinct real images, ``first``'s rows first; ``index[i]``: row i of ``first`` in the pool."""
+    pool: list[Tensor] = []
+    seen: dict[bytes, int] = {}
+    index = []
+    for image in [*first, *others]:
+        digest = image.contiguous().numpy().tobytes()
+        if digest not in seen:
+            seen[digest] = len(pool)
+            pool.append(image)
+        if len(index) < len(first):
+            index.append(seen[digest])
+    return (torch.stack(pool) if pool else torch.empty(0, *first.shape[1:])), index
 
 
 def nearest_lpips(recon: Tensor, candidates: Tensor, chunk: int = 256) -> list[float]:

@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adversary.attacks import AUDIT_PRESET, PRESETS, preset_config
 from adversary.evaluation import Evaluator, GrantError, threat_model_for
 from adversary.malicious.record import ServerRecord
 from adversary.methods import build_method
 from adversary.observation import ModelFactory, Observation, build_observation, load_factory
 from adversary.outputs import ATTACK_JSON, attack_dir, write_attack_outputs
 from adversary.roles.base import AttackTarget
+from adversary.statement import AuditStatement
 from adversary.traffic_log import TrafficLog
-from fl_sim.deployment import DeploymentCard, load_card
+from fl_sim.deployment import load_card
 from fl_sim.threat import Capability
 
 Progress = Callable[[int, float], None]
@@ -34,22 +36,23 @@ class AttackOutcome:
     metrics: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class AuditStatement:
-    """What the command line states about an audited app: its model, what clients send, whose data to score on."""
+DEFAULT_PRESET = "inverting-gradients"
 
-    factory: str | None = None  # module:attr
-    input_shape: tuple[int, int, int] | None = None
-    update_kind: str | None = None
-    client_data: str | None = None  # module:fn(partition, num_partitions) -> images
 
-    def card(self, card: DeploymentCard) -> DeploymentCard:
-        """The audit's card with what the command line states on top."""
-        model = {k: v for k, v in (("factory", self.factory), ("input_shape", self.input_shape)) if v is not None}
-        updates: dict[str, Any] = {"model": model} if model else {}
-        if self.update_kind is not None:
-            updates["update_kind"] = self.update_kind
-        return card.with_updates(**updates) if updates else card
+def aligned_labels(preset: str, overrides: dict[str, Any] | None, threat: dict[str, Any] | None, num_images: int | None,
+                   num_classes: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``attack.labels`` (how the attack gets labels) and ``threat.labels`` (whether it is granted them) agree:
+    a label strategy implies its grant, and a grant without labels picks a strategy that infers them
+    (iDLG for one image, Yin et al.'s for distinct labels, else counting them, Geng et al.)."""
+    overrides, threat = dict(overrides or {}), dict(threat or {})
+    chosen = overrides.get("labels")
+    name = chosen if isinstance(chosen, str) else (chosen or {}).get("name")
+    if name is not None and "labels" not in threat:
+        threat["labels"] = {"known": "known", "joint": "unknown"}.get(name, "infer")
+    elif name is None and threat.get("labels") in ("infer", "unknown") and preset_config(preset)["labels"]["name"] == "known":
+        pick = "idlg" if num_images == 1 else "yin" if num_images is not None and num_images <= num_classes else "count-aware"
+        overrides["labels"] = {"name": pick}
+    return overrides, threat
 
 
 def _label(obs: Observation) -> str:
@@ -59,41 +62,52 @@ def _label(obs: Observation) -> str:
 def run_job(
     run_dir: str | Path,
     target: AttackTarget,
-    preset: str,
+    preset: str | None,
     *,
     attack_overrides: dict[str, Any] | None = None,
     threat: dict[str, Any] | None = None,
     progress: Progress | None = None,
     audit: AuditStatement | None = None,
     factory: ModelFactory | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> AttackOutcome:
     """Attack one target (a client update, an aggregate, a malicious server's recovery) and write its outputs.
 
     ``preset`` names the method (a malicious target names its strategy's recovery, which may fall
     back to optimising with ``preset``); ``audit`` is what the command line states about an audited
-    app; ``factory`` builds its model (else the card's factory is imported)."""
+    app; ``factory`` builds its model (else the card's factory is imported). Before the attack runs, the
+    attacker's model of the client is replayed on the true batch where one is known (the recipe check);
+    ``warn`` hears when it is wrong."""
     run_dir = Path(run_dir)
     card = load_card(run_dir)
     if audit is not None:
         card = audit.card(card)
+        audit.check(card)
+    preset = preset or (AUDIT_PRESET if card.origin == "audit" else DEFAULT_PRESET)
     server = ServerRecord(run_dir) if target.kind == "malicious" else None
     with TrafficLog.open(run_dir) as log:
         obs = build_observation(log, card, target, factory=factory, server=server)
+    if not target.strategy and preset in PRESETS:
+        attack_overrides, threat = aligned_labels(preset, attack_overrides, threat,
+                                                  threat_model_for(obs, threat).num_images, obs.num_classes)
     method = build_method(target.strategy or preset, preset=preset, overrides=attack_overrides)
     threat_model = threat_model_for(obs, threat)
     if Capability.NUM_IMAGES in method.requirements() and threat_model.num_images is None:
         raise GrantError("threat.num_images: the traffic does not reveal the batch size; grant it (--set threat.num_images=N)")
+    client_data = None
+    if audit is not None and audit.client_data:
+        client_data = load_factory(audit.client_data, audit.root or (card.model.factory_root if card.model else None),
+                                   option="--client-data")
     evaluator = Evaluator.open(run_dir)
     inputs = evaluator.grant(obs, threat_model)
     method.check(inputs, threat_model)
+    checked = evaluator.recipe_check(obs, inputs, threat_model, client_data) if not obs.refused else {}
+    if checked.get("recipe_warning") and warn is not None:
+        warn(checked["recipe_warning"])
     recon = method.run(obs, inputs, threat_model, progress)
 
-    metrics = evaluator.score(obs, method, recon)
-    if obs.foreign:
-        client_data = None
-        if audit is not None and audit.client_data:
-            client_data = load_factory(audit.client_data, card.model.factory_root if card.model else None)
-        metrics.update(evaluator.score_foreign(obs, recon.images, client_data))
+    assessed = evaluator.assess(obs, method, recon, client_data)
+    metrics = {**checked, **assessed.metrics}
     summary = {
         "message": obs.message,
         "target": {"kind": target.kind, "messages": list(target.messages), "round": obs.round,
@@ -108,12 +122,11 @@ def run_job(
         **recon.info,
         **metrics,
     }
-    found = evaluator.originals(obs, method, recon)
     out_dir = attack_dir(run_dir, obs.round, _label(obs), method.name)
     write_attack_outputs(
         out_dir,
         images=recon.images,
-        shown=obs.unsigned(recon.images),
+        shown=assessed.shown,
         labels=recon.labels,
         loss_curve=recon.loss_curve,
         title=f"{method.name} on message {obs.message} (round {obs.round})",
@@ -129,7 +142,8 @@ def run_job(
             "target": target.to_json(),
             "info": obs.info,
         },
-        originals=found[0] if found is not None else None,
+        originals=assessed.compare,
+        originals_below=assessed.compare_below,
     )
     return AttackOutcome(out_dir, summary)
 

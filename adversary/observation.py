@@ -32,7 +32,9 @@ from torch import Tensor, nn
 from adversary.malicious.record import ServerRecord
 from adversary.roles.base import AttackTarget
 from adversary.traffic_log import MessageInfo, TrafficLog, TrafficLogError
-from fl_sim.deployment import DeploymentCard, ModelCard
+from fl_sim.deployment import ClientRecipe, DeploymentCard, ModelCard
+from fl_sim.models import ModelError, Normalize
+from fl_sim.models.front import Transform, WithFront
 from fl_sim.models.server_defined import ARCHITECTURE_KEY, apply_architecture
 from fl_sim.wire import (
     ARRAYS,
@@ -42,16 +44,17 @@ from fl_sim.wire import (
     LEGACY_UP,
     LOCAL_STEPS,
     LR,
-    NUM_EXAMPLES,
     PROTOCOL,
     UpdateKind,
     plain_keys,
     record_tensors,
+    reported_examples,
     update_kind,
 )
 
 ModelFactory = Callable[[], nn.Module]
 LR_KEYS = (LR, "learning-rate", "learning_rate")
+INPUT_FRONT = "input_normalization"  # the module name of an audited app's input normalisation
 
 
 class ObservationError(ValueError):
@@ -69,8 +72,10 @@ class Observation:
     update_kind: UpdateKind
     num_examples: int | None  # the examples behind the update, where the traffic reveals them
     local: dict[str, Any]  # lr, local_steps, batch_size (examples per local step) and where each came from
+    recipe: ClientRecipe  # the client's local training as the attacker models it
     image_shape: tuple[int, int, int]
     num_classes: int
+    defenses: tuple[str, ...] = ()  # the clients' defenses (the protocol the deployment announces)
     encoder: str | None = None  # the deployment's batch encoder (public protocol knowledge)
     # InstaHide flips signs around this per-channel value (protocol + the model's Normalize: public).
     sign_center: tuple[float, ...] | None = None
@@ -133,17 +138,20 @@ def _client_update(log: TrafficLog, reply_id: int) -> MessageInfo:
 # ----------------------------------------------------------------------------- the model
 
 
-def load_factory(ref: str, root: str | None) -> ModelFactory:
-    """An audited app's model factory ``module:attr`` (from its app directory)."""
+def load_factory(ref: str, root: str | None, option: str = "--model") -> Callable[..., Any]:
+    """A callable ``module:attr`` of an audited app (from its app directory); ``option`` names it in errors."""
     if ":" not in ref:
-        raise ObservationError(f"--model: expected module:factory, got {ref!r}")
+        raise ObservationError(f"{option}: expected module:attribute, got {ref!r}")
     if root and root not in sys.path:
         sys.path.insert(0, root)
     module_name, _, attr = ref.partition(":")
     try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ObservationError(f"--model: cannot load {ref!r} ({type(exc).__name__}: {exc})") from None
+        found = getattr(importlib.import_module(module_name), attr)
+    except Exception as exc:  # a user module can fail to import in any way
+        raise ObservationError(f"{option}: cannot load {ref!r} ({type(exc).__name__}: {exc})") from None
+    if not callable(found):
+        raise ObservationError(f"{option}: {ref} is a {type(found).__name__}, not a callable")
+    return found
 
 
 def _num_classes(model: nn.Module) -> int:
@@ -153,15 +161,35 @@ def _num_classes(model: nn.Module) -> int:
     return linears[-1].out_features
 
 
+def _input_front(card: ModelCard) -> nn.Module | None:
+    """An audited app's input normalisation, which it does in its data pipeline (None: none stated)."""
+    if card.transform is not None:
+        return Transform(load_factory(card.transform, card.factory_root, option="--input-transform"))
+    if card.mean is not None or card.std is not None:
+        try:
+            return Normalize(card.input_shape[0], card.mean, card.std)
+        except ModelError as exc:
+            raise ObservationError(str(exc).replace("model.mean", "--input-mean").replace("model.std", "--input-std")) from None
+    return None
+
+
 def build_model(card: ModelCard, factory: ModelFactory | None = None) -> nn.Module:
-    """The agreed architecture: fl-sim's model by name, or the audited app's factory."""
+    """The agreed architecture taking images in [0, 1]: fl-sim's model by name (its normalisation is
+    inside), or the audited app's factory behind the input normalisation the user states."""
     if card.name is not None:
         return card.build()
     if factory is None:
         if card.factory is None:
             raise ObservationError("--model: an audited app's model must be named (module:factory) with its input shape C,H,W")
         factory = load_factory(card.factory, card.factory_root)
-    return factory()
+    try:
+        model = factory()
+    except Exception as exc:  # the user's factory can fail in any way
+        raise ObservationError(f"--model: {card.factory} raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ObservationError(f"--model: {card.factory} returned a {type(model).__name__}, not a torch.nn.Module")
+    front = _input_front(card)
+    return WithFront(model, INPUT_FRONT, front) if front is not None else model
 
 
 def _main_record(tensors: dict[str, Tensor], records: Sequence[str]) -> dict[str, Tensor]:
@@ -189,10 +217,12 @@ def map_tensors(model: nn.Module, tensors: dict[str, Tensor], records: Sequence[
             raise ObservationError("--model: shapes differ: " + "; ".join(bad[:4]))
         return dict(record)
     if record and all(k.isdigit() for k in record):
-        ordered = [record[k] for k in sorted(record, key=int)]
         keys = list(order) or list(state)
-        if len(ordered) != len(keys):
-            raise ObservationError(f"--model: the message has {len(ordered)} arrays, the model's state_dict {len(keys)}")
+        # NumPy serialisation turns 0-d tensors (BatchNorm's num_batches_tracked) into 1-element arrays
+        ordered = [record[k].reshape(state[key].shape) if key in state and record[k].numel() == state[key].numel() == 1
+                   else record[k] for k, key in zip(sorted(record, key=int), keys)]
+        if len(record) != len(keys):
+            raise ObservationError(f"--model: the message has {len(record)} arrays, the model's state_dict {len(keys)}")
         bad = [f"#{i} {tuple(a.shape)} vs {k} {tuple(state[k].shape)}" for i, (a, k) in enumerate(zip(ordered, keys))
                if k not in state or a.shape != state[k].shape]
         if bad:
@@ -219,25 +249,48 @@ def _model_as_sent(card: DeploymentCard, config: dict[str, Any], sent: dict[str,
 # ----------------------------------------------------------------------------- hyperparameters
 
 
-def _recipe(card: DeploymentCard, config: dict[str, Any]) -> dict[str, Any]:
-    """lr, local steps and batch size of one update: from the instruction, else the card; with their sources."""
+def _source(card: DeploymentCard, key: str) -> str:
+    if card.origin == "audit":
+        return "stated" if key in card.recipe.stated else "assumed"
+    return "deployment"
+
+
+def _recipe(card: DeploymentCard, config: dict[str, Any], reported: Any = None) -> tuple[ClientRecipe, dict[str, Any]]:
+    """The client's recipe for one update: lr, local steps and batch size from the instruction, else the
+    card (announced, or stated for an audit); and where each value came from.
+
+    ``reported``: the reply's num-examples where it counts a dataset (audited apps): with a recipe that
+    walks the data in epochs, it gives the images one update used."""
+    recipe, sources = card.recipe, {}
     lr = next((float(config[k]) for k in LR_KEYS if isinstance(config.get(k), (int, float))), None)
-    sources: dict[str, Any] = {}
     if lr is not None:
         sources["lr"] = "traffic"
     else:
-        lr, sources["lr"] = card.recipe.lr, "deployment" if card.recipe.lr is not None else "unknown"
+        lr, sources["lr"] = recipe.lr, _source(card, "lr") if recipe.lr is not None else "unknown"
+    batch = config.get(BATCH_SIZE)
+    if batch is not None:
+        sources["batch_size"] = "traffic"
+    else:
+        batch, sources["batch_size"] = recipe.batch_size, _source(card, "batch_size") if recipe.batch_size else "unknown"
+    images = None
+    if recipe.epochs is not None and batch and isinstance(reported, int) and reported > 0:
+        images = recipe.model_copy(update={"batch_size": int(batch)}).images_for(reported)
+        sources["num_images"] = f"recipe over the {reported} reported examples"
     if LOCAL_STEPS in config:
         steps, sources["local_steps"] = int(config[LOCAL_STEPS]), "traffic"
-    elif card.recipe.local_steps is not None:
-        steps, sources["local_steps"] = card.recipe.local_steps, "deployment"
+    elif images is not None:
+        steps = recipe.model_copy(update={"batch_size": int(batch)}).steps_for(images)
+        sources["local_steps"] = f"recipe ({recipe.epochs} epochs)"
+    elif recipe.local_steps is not None:
+        steps, sources["local_steps"] = recipe.local_steps, _source(card, "local_steps")
     else:
         steps, sources["local_steps"] = 1, "assumed 1"
-    if BATCH_SIZE in config:
-        batch, sources["batch_size"] = config[BATCH_SIZE], "traffic"
-    else:
-        batch, sources["batch_size"] = card.recipe.batch_size, "deployment" if card.recipe.batch_size else "unknown"
-    return {"lr": lr, "local_steps": steps, "batch_size": batch, "sources": sources}
+    if card.origin == "audit":
+        sources["optimizer"] = f"{recipe.optimizer} ({_source(card, 'optimizer')})"
+        sources["normalisation"] = ("stated" if card.model is not None and (card.model.mean or card.model.transform)
+                                    else "none stated")
+    resolved = recipe.model_copy(update={"lr": lr, "local_steps": steps, "batch_size": int(batch) if batch else None})
+    return resolved, {"lr": lr, "local_steps": steps, "batch_size": batch, "images": images, "sources": sources}
 
 
 def _kind(card: DeploymentCard, config: dict[str, Any]) -> UpdateKind:
@@ -252,14 +305,15 @@ def _update(log: TrafficLog, card: DeploymentCard, target: AttackTarget, factory
     reply = _client_update(log, target.messages[0])
     instruction = find_instruction(log, reply)
     sent, received = log.tensors(instruction.id), log.tensors(reply.id)
-    config, metrics = plain_keys(instruction.config), plain_keys(reply.metrics)
+    config = plain_keys(instruction.config)
     model = _model_as_sent(card, config, sent, factory)
     update = map_tensors(model, {k: v for k, v in received.items() if not k.startswith(f"{BUFFERS}/")},
                          (ARRAYS, LEGACY_UP), card.shared_keys)
-    local = _recipe(card, config)
-    reported = metrics.get(NUM_EXAMPLES)
+    reported = reported_examples(reply.metrics)
+    recipe, local = _recipe(card, config, reported if card.reported_examples == "dataset" else None)
     if card.reported_examples != "update":
         local["sources"]["num_examples_reported"] = reported
+    num_examples = int(reported) if reported is not None and card.reported_examples == "update" else local.pop("images")
     model_card = card.model
     assert model_card is not None  # _model_as_sent checked it
     return Observation(
@@ -268,10 +322,12 @@ def _update(log: TrafficLog, card: DeploymentCard, target: AttackTarget, factory
         model=model,
         update={k: v.float() for k, v in update.items() if v.is_floating_point()},
         update_kind=_kind(card, config),
-        num_examples=int(reported) if reported is not None and card.reported_examples == "update" else None,
+        num_examples=num_examples,
         local=local,
+        recipe=recipe,
         image_shape=model_card.input_shape,
         num_classes=model_card.num_classes or _num_classes(model),
+        defenses=card.defenses,
         encoder=card.encoder,
         sign_center=card.sign_center,
         running_stats=record_tensors(received, BUFFERS),
@@ -308,17 +364,17 @@ def _aggregate(log: TrafficLog, card: DeploymentCard, target: AttackTarget, fact
     others = [p for p in participants if p != target.client] if own is not None else participants
     if own is not None and n < 2:
         raise ValueError("a malicious client alone in its round has no one to attack")
-    recipe = _recipe(card, config)
+    recipe, local = _recipe(card, config)
     kind = _kind(card, config)
     if kind == "gradient":
-        mean = {k: (w0[k] - w1[k]) / recipe["lr"] for k in w1 if k in w0}
+        mean = {k: (w0[k] - w1[k]) / local["lr"] for k in w1 if k in w0}
     elif kind == "delta":
         mean = {k: w1[k] - w0[k] for k in w1 if k in w0}
     else:
         mean = dict(w1)
     if own is not None:
         mean = {k: (n * v - own[k]) / (n - 1) for k, v in mean.items() if k in own}
-    batch = int(recipe["batch_size"])
+    batch = int(local["batch_size"])
     model_card = card.model
     assert model_card is not None
     return Observation(
@@ -327,11 +383,13 @@ def _aggregate(log: TrafficLog, card: DeploymentCard, target: AttackTarget, fact
         model=model,
         update={k: v.to(torch.float32) for k, v in mean.items()},
         update_kind=kind,
-        num_examples=batch * int(recipe["local_steps"]) * len(others),
+        num_examples=batch * int(local["local_steps"]) * len(others),
         # Each local step of the virtual client processes every client's step batch at once.
-        local={**recipe, "batch_size": batch * len(others)},
+        local={**local, "batch_size": batch * len(others)},
+        recipe=recipe.model_copy(update={"batch_size": batch * len(others)}),
         image_shape=model_card.input_shape,
         num_classes=model_card.num_classes or _num_classes(model),
+        defenses=card.defenses,
         encoder=card.encoder,
         sign_center=card.sign_center,
         reply=after,
@@ -353,14 +411,14 @@ def _malicious(log: TrafficLog, card: DeploymentCard, target: AttackTarget, fact
     if not target.from_aggregate:
         obs = _update(log, card, target, factory, server)
         obs.kind, obs.info, obs.control = target.kind, entry.get("info", {}), control
-        obs.refused = int(plain_keys(obs.reply.metrics).get(NUM_EXAMPLES, 1)) == 0  # type: ignore[union-attr]
+        obs.refused = reported_examples(obs.reply.metrics) == 0  # type: ignore[union-attr]
         return obs
     aggregate, mean = server.aggregate(rnd)
     sent, config = server.sent(rnd)
     model = _model_as_sent(card, config, {f"{ARRAYS}/{k}": v for k, v in sent.items()}, factory)
     model_card = card.model
     assert model_card is not None
-    recipe = _recipe(card, {})
+    recipe, local = _recipe(card, {})
     return Observation(
         kind=target.kind,
         round=rnd,
@@ -368,7 +426,8 @@ def _malicious(log: TrafficLog, card: DeploymentCard, target: AttackTarget, fact
         update=dict(mean),
         update_kind=card.update_kind,
         num_examples=aggregate.num_examples,
-        local={**recipe, "batch_size": int(recipe["batch_size"]) * len(aggregate.nodes)},
+        local={**local, "batch_size": int(local["batch_size"]) * len(aggregate.nodes)},
+        recipe=recipe.model_copy(update={"batch_size": int(local["batch_size"]) * len(aggregate.nodes)}),
         image_shape=model_card.input_shape,
         num_classes=model_card.num_classes or _num_classes(model),
         aggregate_of=tuple(aggregate.nodes),

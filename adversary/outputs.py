@@ -35,8 +35,9 @@ ATTACKS_DIR = "attacks"
 GRID_LIMIT = 64  # images shown in a grid
 
 
-def save_grid(path: Path, reconstructions: torch.Tensor, originals: torch.Tensor | None = None, per_row: int = 16) -> None:
-    """Rows of originals above rows of reconstructions (same order), white gutters.
+def save_grid(path: Path, reconstructions: torch.Tensor, originals: torch.Tensor | None = None, per_row: int = 16,
+              originals_below: bool = False) -> None:
+    """Rows of originals above (or below) rows of reconstructions (same order), white gutters.
 
     Small images are enlarged (nearest neighbour) to about 96 pixels so a grid of
     32x32 images is readable.
@@ -52,6 +53,8 @@ def save_grid(path: Path, reconstructions: torch.Tensor, originals: torch.Tensor
         parts.append(make_grid(originals.clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0))
     parts.append(make_grid(reconstructions.clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0))
     if len(parts) == 2:
+        if originals_below:
+            parts.reverse()
         gutter = torch.ones(parts[0].shape[0], 6, parts[0].shape[2])
         parts.insert(1, gutter)
     save_image(torch.cat(parts, dim=1), str(path))
@@ -90,13 +93,15 @@ def attack_dir(run_dir: Path, round: int, label: str, method: str) -> Path:
 
 def write_attack_outputs(out_dir: Path, *, images: torch.Tensor, shown: torch.Tensor, labels: torch.Tensor | None,
                          loss_curve: list[float], title: str, metrics: dict[str, Any], config: dict[str, Any],
-                         originals: torch.Tensor | None = None) -> None:
-    """The grid of ``shown`` (originals over their matched reconstructions, when the metrics hold the
-    matching), the loss curve, the reconstructed ``images`` as the attack returned them,
-    ``metrics.json`` and ``attack.json``."""
+                         originals: torch.Tensor | None = None, originals_below: bool = False) -> None:
+    """The grid of ``shown`` with the real images: originals over their matched reconstructions (when the
+    metrics hold the matching), or each reconstruction's nearest real image under it (an audit); the
+    loss curve, the reconstructed ``images`` as the attack returned them, ``metrics.json``, ``attack.json``."""
     if originals is not None and len(originals) and "perm" in metrics:
         pool = torch.cat([shown, torch.zeros(max(0, len(originals) - len(shown)), *shown.shape[1:])])
         save_grid(out_dir / GRID_PNG, pool[torch.as_tensor(metrics["perm"])][:GRID_LIMIT], originals[:GRID_LIMIT])
+    elif originals is not None and len(shown) and len(originals) == len(shown):
+        save_grid(out_dir / GRID_PNG, shown[:GRID_LIMIT], originals[:GRID_LIMIT], originals_below=originals_below)
     elif len(shown):
         save_grid(out_dir / GRID_PNG, shown[:GRID_LIMIT])
     if loss_curve:

@@ -23,6 +23,8 @@ from adversary.roles.base import Intercept
 from adversary.traffic_log import OutgoingRecord, TrafficWriter
 from fl_sim.wire import SERVER_ROUND
 
+LEGACY_METRICS = ".metrics"  # fitres.metrics, evaluateres.metrics
+
 
 def content_digest(content: RecordDict) -> tuple[int, str]:
     """Wire size (protobuf bytes) and SHA-256 of the message content."""
@@ -60,6 +62,9 @@ def flatten_content(content: RecordDict) -> tuple[dict[str, np.ndarray], dict[st
                 tensors[f"{rname}/{key}"] = array.numpy()
         elif isinstance(record, MetricRecord):
             metrics.update({f"{rname}/{k}": v for k, v in record.items()})
+        elif isinstance(record, ConfigRecord) and rname.endswith(LEGACY_METRICS):
+            # Flower's legacy API carries a FitRes/EvaluateRes's metrics in a ConfigRecord: they are metrics
+            metrics.update({f"{rname}/{k}": v for k, v in record.items() if isinstance(v, (int, float, bool, str))})
         elif isinstance(record, ConfigRecord):
             for k, v in record.items():
                 config[f"{rname}/{k}"] = v

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 from fl_sim.config import RunConfig
@@ -58,8 +58,11 @@ class ModelCard(_Card):
     factory_root: str | None = None  # the app directory its module is imported from
     input_shape: tuple[int, int, int]
     num_classes: int | None = None  # audits: read off the model's last Linear layer
-    mean: tuple[float, ...] | None = None  # input normalisation inside fl-sim's models
+    # The input normalisation: inside fl-sim's models; in an audited app's data pipeline (mean/std per
+    # channel, or ``transform``, a differentiable ``module:fn``), put in front of its model by the attacker.
+    mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    transform: str | None = None
 
     def build(self) -> nn.Module:
         """The architecture at fixed initial weights (the traffic supplies the real ones).
@@ -73,12 +76,78 @@ class ModelCard(_Card):
                                std=self.std, **self.options)
 
 
-class ClientRecipe(_Card):
-    """The local training the server announces (or an audit states); None: not known, granted or assumed."""
+OPTIMIZERS = ("sgd", "adam", "adamw")
 
-    lr: float | None = None
-    local_steps: int | None = None
-    batch_size: int | None = None
+
+class ClientRecipe(_Card):
+    """The client's local training: what the server announces, or what an audit states about its app.
+
+    The optimiser as PyTorch defines it (SGD with momentum, dampening, Nesterov and weight decay;
+    Adam and AdamW with betas, eps and weight decay), the learning rate, and how the client walks its
+    data: a fixed number of ``local_steps``, or ``epochs`` over it in batches of ``batch_size``
+    (``drop_last`` as a DataLoader's, at most ``max_steps`` steps per update). None: not known.
+    ``stated``: the keys an audit's user stated (the others are assumed defaults).
+    """
+
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float | None = Field(None, gt=0)
+    momentum: float = Field(0.0, ge=0)
+    dampening: float = Field(0.0, ge=0, le=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    local_steps: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    drop_last: bool = False
+    max_steps: int | None = Field(None, ge=1)
+    stated: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClientRecipe:
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError("--recipe.nesterov: needs momentum > 0 and dampening = 0 (as torch.optim.SGD)")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"--recipe.betas: each must be in [0, 1), got {self.betas}")
+        if self.optimizer != "sgd" and (self.momentum or self.nesterov or self.dampening):
+            raise ValueError(f"--recipe.momentum: {self.optimizer} has betas, not momentum/dampening/nesterov")
+        return self
+
+    def steps_for(self, num_images: int) -> int:
+        """Local steps behind one update over ``num_images`` images (fixed, or epochs in batches)."""
+        if self.epochs is None or self.batch_size is None:
+            return self.local_steps or 1
+        per_epoch = num_images // self.batch_size if self.drop_last else -(-num_images // self.batch_size)
+        steps = max(per_epoch, 0) * self.epochs
+        return min(steps, self.max_steps) if self.max_steps else steps
+
+    def images_for(self, dataset_size: int) -> int:
+        """Distinct images one update uses when a client walks a dataset of ``dataset_size`` images in order."""
+        if self.batch_size is None:
+            return dataset_size
+        used = dataset_size
+        if self.max_steps is not None:
+            used = min(used, self.max_steps * self.batch_size)
+        if self.drop_last:
+            used -= used % self.batch_size
+        return used
+
+
+RECIPE_KEYS = tuple(k for k in ClientRecipe.model_fields if k != "stated")
+
+
+def parse_recipe(assignments: dict[str, Any], base: ClientRecipe | None = None) -> ClientRecipe:
+    """A recipe from ``key=value`` statements (``--recipe``) over ``base``; one line naming the key on error."""
+    unknown = sorted(set(assignments) - set(RECIPE_KEYS))
+    if unknown:
+        raise DeploymentCardError(f"--recipe: unknown key {unknown[0]!r}; choose from: {', '.join(RECIPE_KEYS)}")
+    data = {**(base.model_dump() if base is not None else {}), **assignments}
+    data["stated"] = tuple(sorted({*(base.stated if base is not None else ()), *assignments}))
+    try:
+        return ClientRecipe.model_validate(data)
+    except ValidationError as exc:
+        raise DeploymentCardError(one_line(exc, prefix="--recipe")) from None
 
 
 class DeploymentCard(_Card):
@@ -92,6 +161,7 @@ class DeploymentCard(_Card):
     secagg: bool = False
     model_from_server: bool = False
     recipe: ClientRecipe = Field(default_factory=ClientRecipe)
+    defenses: tuple[str, ...] = ()  # the clients' defenses, by name (the protocol the deployment announces)
     encoder: str | None = None  # the deployment's batch encoder (mixup, instahide)
     sign_center: tuple[float, ...] | None = None  # InstaHide: the per-channel value signs flip around
     shared_keys: tuple[str, ...] = ()  # wire order of the global tensors (empty: the model's state_dict order)
@@ -144,21 +214,8 @@ def simulation_card(config: RunConfig, task: Task, *, encoder: str | None = None
         secagg=fed.secagg,
         model_from_server=fed.model_from_server,
         recipe=ClientRecipe(lr=fed.lr, local_steps=fed.steps_per_update, batch_size=fed.batch_size),
+        defenses=tuple(d.name for d in config.defenses),
         encoder=encoder,
         sign_center=sign_center,
         shared_keys=tuple(task.shared_keys(task.new_model())),
     )
-
-
-def audit_card(*, factory: str | None = None, factory_root: str | None = None,
-               input_shape: tuple[int, int, int] | None = None, update_kind: str = "weights") -> DeploymentCard:
-    """The card of an audited app, from what the user states about it (its model and what clients send)."""
-    model = None
-    if factory is not None:
-        if input_shape is None:
-            raise DeploymentCardError("--input-shape: the model's input C,H,W is needed with --model")
-        model = ModelCard(factory=factory, factory_root=factory_root, input_shape=input_shape)
-    try:
-        return DeploymentCard(origin="audit", model=model, update_kind=update_kind, reported_examples="dataset")
-    except ValidationError as exc:
-        raise DeploymentCardError(one_line(exc, prefix="deployment")) from None

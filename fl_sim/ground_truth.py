@@ -147,5 +147,25 @@ class GroundTruth:
         )
         return self.batch_for(rows[0][0]) if rows else None
 
+    def images_of(self, nodes: tuple[int, ...], key: str = "images", limit: int = 32) -> list[np.ndarray]:
+        """Up to ``limit`` distinct images (``key``: ``images`` or ``encoded``) the given nodes trained on,
+        oldest first: real images of the same data, for calibrating verdicts."""
+        marks = ",".join("?" * len(nodes))
+        rows = self._query(f"SELECT instruction_id FROM batches WHERE node_id IN ({marks}) ORDER BY created_at",
+                           tuple(str(n) for n in nodes))
+        seen: set[bytes] = set()
+        out: list[np.ndarray] = []
+        for (iid,) in rows:
+            batch = self.batch_for(iid)
+            for step in batch.steps if batch is not None else []:
+                for image in step.get(key, ()):
+                    digest = np.ascontiguousarray(image).tobytes()
+                    if digest not in seen:
+                        seen.add(digest)
+                        out.append(image)
+                        if len(out) >= limit:
+                            return out
+        return out
+
     def __len__(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM batches")[0][0])

@@ -40,6 +40,7 @@ PROTOCOL = "protocol"
 
 # Reply metric keys.
 NUM_EXAMPLES = "num-examples"
+LEGACY_NUM_EXAMPLES = "num_examples"  # FitRes/EvaluateRes of Flower's legacy API: fitres.num_examples/num_examples
 TRAIN_LOSS = "train-loss"
 COMPUTE_S = "compute-s"
 DEFENSE_S = "defense-s"
@@ -71,3 +72,10 @@ def record_tensors(tensors: dict, record: str) -> dict:
 def plain_keys(values: dict) -> dict:
     """Flattened ``record/key`` names (metrics, config) reduced to their last part."""
     return {k.rsplit("/", 1)[-1]: v for k, v in values.items()}
+
+
+def reported_examples(metrics: dict) -> int | None:
+    """The examples a reply reports (Message API ``num-examples``, legacy ``num_examples``), or None."""
+    plain = plain_keys(metrics)
+    value = plain.get(NUM_EXAMPLES, plain.get(LEGACY_NUM_EXAMPLES))
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

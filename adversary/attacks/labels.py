@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from adversary.attacks.registry import component_registry
+from adversary.attacks.registry import ConfigError, component_registry
 from adversary.attacks.threat_model import AttackInputs, Component, last_linear_name
 from fl_sim.threat import Capability, ThreatModel
 
@@ -37,11 +37,15 @@ class LabelStrategy(Component):
     def infer(self, inputs: AttackInputs, threat_model: ThreatModel, num_images: int, restarts: int = 1, generator: torch.Generator | None = None) -> LabelGuess:
         raise NotImplementedError
 
+    def check(self, num_images: int, num_classes: int) -> None:
+        """Raise ConfigError (one line, naming what to use instead) if the strategy cannot serve this batch."""
 
-def last_layer_grads(inputs: AttackInputs) -> tuple[Tensor, Tensor | None]:
-    """(dW, db) of the classifier from the observed update (sign of a gradient)."""
+
+def last_layer_grads(inputs: AttackInputs, lr: float | None = None) -> tuple[Tensor, Tensor | None]:
+    """(dW, db) of the classifier from the observed update: something with a gradient's sign, or with
+    ``lr`` the gradients themselves (a FedAvg delta divided by the learning rate)."""
     name = last_linear_name(inputs.model)
-    grads = inputs.observed_gradient_like()
+    grads = inputs.observed_gradient_like() if lr is None else {k: v.float() for k, v in inputs.gradient_estimate(lr).items()}
     if f"{name}.weight" not in grads:
         raise ValueError(f"label inference needs the update of the last linear layer {name!r}")
     return grads[f"{name}.weight"].detach(), (g.detach() if (g := grads.get(f"{name}.bias")) is not None else None)
@@ -68,9 +72,13 @@ class IDLGLabels(LabelStrategy):
     Uses the argmin of the bias gradient, or of the row sums of the weight gradient without bias.
     """
 
-    def infer(self, inputs, threat_model, num_images, restarts=1, generator=None):
+    def check(self, num_images: int, num_classes: int) -> None:
         if num_images != 1:
-            raise ValueError(f"label strategy 'idlg' works on a single image, got num_images={num_images}")
+            raise ConfigError(f"attack.labels: 'idlg' infers the label of a single image, this update holds {num_images}; "
+                              "use attack.labels=count-aware (or yin when the labels are distinct)")
+
+    def infer(self, inputs, threat_model, num_images, restarts=1, generator=None):
+        self.check(num_images, inputs.num_classes)
         dw, db = last_layer_grads(inputs)
         score = db if db is not None else dw.sum(dim=1)
         return LabelGuess(labels=score.argmin().view(1))
@@ -83,10 +91,14 @@ class YinLabels(LabelStrategy):
 
     requires = frozenset({Capability.NUM_IMAGES})
 
+    def check(self, num_images: int, num_classes: int) -> None:
+        if num_images > num_classes:
+            raise ConfigError(f"attack.labels: 'yin' needs distinct labels, and {num_images} images cannot have them "
+                              f"among {num_classes} classes; use attack.labels=count-aware")
+
     def infer(self, inputs, threat_model, num_images, restarts=1, generator=None):
         dw, _ = last_layer_grads(inputs)
-        if num_images > dw.shape[0]:
-            raise ValueError(f"label strategy 'yin' needs unique labels: {num_images} images > {dw.shape[0]} classes")
+        self.check(num_images, dw.shape[0])
         return LabelGuess(labels=torch.argsort(dw.min(dim=1).values)[:num_images].sort().values)
 
 
@@ -99,6 +111,9 @@ class CountAwareLabels(LabelStrategy):
     softmax on ``probes`` random inputs (the attacker holds the model). Without a bias the row sums
     of dW are divided by the mean activation sum of the classifier input, estimated the same way.
     Counts are rounded by largest remainder to sum to N; every class with a negative gradient gets >= 1.
+
+    A FedAvg update over K local steps of B images is read as the summed gradients ``-delta / lr``
+    (exact for one plain SGD step), so ``C_k = N p_hat_k - B sum_t db_t,k`` with N = K B.
     """
 
     requires = frozenset({Capability.NUM_IMAGES})
@@ -108,9 +123,12 @@ class CountAwareLabels(LabelStrategy):
 
     def infer(self, inputs, threat_model, num_images, restarts=1, generator=None):
         dw, db = last_layer_grads(inputs)
+        if inputs.update_kind != "gradient" and threat_model.local_lr is not None:
+            dw, db = last_layer_grads(inputs, threat_model.local_lr)  # the gradients' scale
+        per_step = threat_model.local_batch_size if inputs.update_kind != "gradient" and threat_model.local_batch_size else num_images
         p_hat, act = self._probe(inputs, generator)
         g = db if db is not None else dw.sum(dim=1) / act
-        est = (num_images * (p_hat - g)).clamp(min=0)
+        est = (num_images * p_hat - per_step * g).clamp(min=0)
         counts = allocate_counts(est, num_images, must=(g < 0))
         labels = torch.repeat_interleave(torch.arange(len(counts)), counts)
         return LabelGuess(labels=labels)

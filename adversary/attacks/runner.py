@@ -80,9 +80,12 @@ class GradientInversion(Component):
         restarts: int = 1,
         init: str = "randn",
         seed: int = 0,
+        adam_smoothing: float = 0.0,
     ) -> None:
         if init not in INITS:
             raise ConfigError(f"init: unknown init {init!r}; choose one of: {', '.join(INITS)}")
+        if not adam_smoothing >= 0:
+            raise ConfigError(f"adam_smoothing must be >= 0 (0: the client's exact Adam step), got {adam_smoothing}")
         if iterations < 1 or restarts < 1:
             raise ConfigError(f"iterations and restarts must be >= 1, got {iterations} and {restarts}")
         self.objective = _build(OBJECTIVES, objective)
@@ -95,6 +98,7 @@ class GradientInversion(Component):
         self.label_strategy = _build(LABEL_STRATEGIES, label_strategy)
         self.bn_strategy = _build(BN_STRATEGIES, bn_strategy)
         self.iterations, self.restarts, self.init, self.seed = iterations, restarts, init, seed
+        self.adam_smoothing = float(adam_smoothing)
 
     def components(self) -> list[Component]:
         return [self, self.objective, *(c for _, _, c in self.regularizers), self.optimizer, self.label_strategy, self.bn_strategy]
@@ -110,14 +114,17 @@ class GradientInversion(Component):
             "restarts": self.restarts,
             "init": self.init,
             "seed": self.seed,
+            "adam_smoothing": self.adam_smoothing,
         }
 
     # ------------------------------------------------------------------ setup
 
     def check(self, inputs: AttackInputs, threat_model: ThreatModel) -> ClientSimulator:
         """Validate grants and BN targets before anything runs; returns the client simulator."""
-        sim = ClientSimulator(inputs, threat_model)
+        sim = ClientSimulator(inputs, threat_model, self.adam_smoothing)
         check_grants([*self.components(), sim], threat_model, inputs)
+        if threat_model.num_images is not None:
+            self.label_strategy.check(int(threat_model.num_images), inputs.num_classes)
         for _, _, reg in self.regularizers:
             if reg.name == "bn_prior" and getattr(reg, "source", None) is None:
                 if self.bn_strategy.target(inputs, threat_model) is None:

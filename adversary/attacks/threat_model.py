@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from fl_sim.deployment import ClientRecipe
 from fl_sim.models import bn_layers
 from fl_sim.threat import Capability, ThreatModel, ThreatModelError
 from fl_sim.wire import UpdateKind
@@ -40,6 +41,8 @@ class AttackInputs:
     data_range: tuple[float, float] = (0.0, 1.0)
     # InstaHide's signs flip around this (1, C, 1, 1) centre: priors act on |x - c| (public protocol knowledge).
     sign_center: Tensor | None = None
+    # How the client trains locally (optimiser, batching), as the attacker models it; None: plain SGD.
+    recipe: ClientRecipe | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

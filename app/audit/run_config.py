@@ -9,13 +9,17 @@ from typing import Any
 from app.audit.app_ref import AuditError
 
 
-def parse_run_config(text: str | None) -> dict[str, Any]:
+def parse_run_config(text: str | None, option: str = "--run-config") -> dict[str, Any]:
     """Flower's syntax: space-separated ``key=value`` pairs, values in TOML."""
     overrides: dict[str, Any] = {}
-    for item in shlex.split(text or ""):
+    try:
+        items = shlex.split(text or "")
+    except ValueError as exc:
+        raise AuditError(f"{option}: {exc}") from None
+    for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise AuditError(f"--run-config: expected key=value, got {item!r}")
+            raise AuditError(f"{option}: expected key=value, got {item!r}")
         try:
             overrides[key] = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import time
@@ -14,7 +15,9 @@ from typing import Any
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from adversary.observation import ObservationError
 from adversary.roles import RoleContext
+from adversary.statement import AuditStatement
 from adversary.traffic_log import TrafficLog
 from app.audit.app_ref import AuditError, FlowerAppSpec, import_component
 from app.audit.run_config import merge_run_config
@@ -22,7 +25,7 @@ from app.audit.wrappers import Around, ConfiguredClientApp, tapped_server_app
 from app.engine import run_apps
 from app.wiring import tapped_session
 from fl_sim.config import AdversaryConfig
-from fl_sim.deployment import DeploymentCardError, audit_card
+from fl_sim.deployment import DeploymentCardError
 from fl_sim.node_ids import node_ids_for
 from fl_sim.rundir import SIMULATION_JSON, make_run_dir, write_json_atomic
 
@@ -76,19 +79,25 @@ def run_audit(
     out_dir: str | Path = "runs",
     name: str = "audit",
     command: list[str] | None = None,
-    model: dict[str, Any] | None = None,
+    statement: AuditStatement | None = None,
     adversary: AdversaryConfig | None = None,
 ) -> AuditOutcome:
     """Everything is validated before the run directory is made; a run that
     captures nothing is removed again and reported as an error."""
     if engine not in ENGINES:
         raise AuditError(f"--engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if num_supernodes is not None and num_supernodes < 1:
+        raise AuditError(f"--num-supernodes: must be >= 1, got {num_supernodes}")
     nodes = num_supernodes or spec.num_supernodes or 2
-    if nodes < 1:
-        raise AuditError(f"--num-supernodes: must be >= 1, got {nodes}")
     run_config = merge_run_config(spec.defaults, overrides or {})
     user_server = import_component(spec.serverapp, "serverapp", ServerApp, spec.root)
     user_client = import_component(spec.clientapp, "clientapp", ClientApp, spec.root)
+    statement = statement or AuditStatement(root=str(spec.root) if spec.root else None)
+    try:
+        card = statement.card()
+        statement.check(card)  # the model builds and takes the stated input shape, before the app runs
+    except (DeploymentCardError, ObservationError) as exc:
+        raise AuditError(str(exc)) from None
 
     resolved = {
         "kind": "audit",
@@ -98,15 +107,9 @@ def run_audit(
         "engine": engine,
         "seed": seed,
         "tap": "curious-server (the Grid the app's ServerApp uses)",
-        "model": model or {},
+        "statement": {k: v for k, v in dataclasses.asdict(statement).items() if v not in (None, {}, ())},
         "adversary": adversary.model_dump() if adversary is not None else None,
     }
-    try:
-        card = audit_card(factory=(model or {}).get("factory"), factory_root=str(spec.root) if spec.root else None,
-                          input_shape=tuple((model or {}).get("input_shape") or ()) or None,
-                          update_kind=(model or {}).get("update_kind", "weights"))
-    except DeploymentCardError as exc:
-        raise AuditError(str(exc)) from None
     run_dir = make_run_dir(out_dir, name, resolved, seed=seed, command=command).resolve()
     workdir = run_dir / APP_WORKDIR
     workdir.mkdir()

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ModelError
+from .front import WithFront
 
 ARCHITECTURE_KEY = "architecture"
 INSERT_KINDS = ("input-residual",)
@@ -78,44 +79,13 @@ def parse_spec(text: str) -> list[dict[str, Any]]:
     return inserts
 
 
-class ServerDefinedModel(nn.Module):
-    """``body(block(x))`` whose state keys are the body's own plus ``<name>.*`` of the block.
-
-    The body's children, parameters and buffers are registered here under their own
-    names (the same objects: training either trains both), so the agreed tensors and
-    FedBN's local state keep their keys; ``add_module`` on the body itself would not
-    do, as an ``nn.Sequential`` would run the block as one more layer.
-    """
-
-    def __init__(self, body: nn.Module, name: str, block: nn.Module) -> None:
-        super().__init__()
-        object.__setattr__(self, "_body", body)
-        object.__setattr__(self, "_block", block)
-        for child_name, child in body.named_children():
-            self.add_module(child_name, child)
-        for p_name, param in body._parameters.items():
-            self.register_parameter(p_name, param)
-        for b_name, buf in body._buffers.items():
-            self.register_buffer(b_name, buf, persistent=b_name not in body._non_persistent_buffers_set)
-        if name in self._modules or name in self._parameters or name in self._buffers:
-            raise ModelError(f"architecture: the model already has a member {name!r}")
-        self.add_module(name, block)
-
-    @property
-    def body(self) -> nn.Module:
-        return self._body
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._body(self._block(x))
-
-
 def apply_architecture(model: nn.Module, spec: str, input_shape: Sequence[int]) -> nn.Module:
     """A copy of ``model`` with the spec's block inserted at the input (fresh weights: load the server's after).
 
     The block acts on the raw input, before anything else in the model (its Normalize included)."""
     (entry,) = parse_spec(spec)
     block = InputResidualBlock(input_shape, int(entry.get("hidden", 0)))
-    return ServerDefinedModel(copy.deepcopy(model), str(entry["name"]), block)
+    return WithFront(copy.deepcopy(model), str(entry["name"]), block, what="architecture")
 
 
 def inserted_keys(model: nn.Module, spec: str) -> list[str]:

@@ -1,0 +1,1 @@
+"""adam-batchnorm: a Flower / PyTorch app in the NumPyClient style, with BatchNorm and Adam."""
