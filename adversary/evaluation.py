@@ -16,7 +16,7 @@ the nearest image there.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from adversary.attacks import AttackInputs, label_accuracy
 from adversary.attacks.simulate import recipe_batches, replay_error
 from adversary.methods import AttackMethod, Reconstruction
 from adversary.metrics import evaluate_reconstruction, lpips_distance
+from adversary.metrics.matching import pairwise_cost
 from adversary.observation import Observation
 from adversary.verdict import Judge, summarize
 from fl_sim.ground_truth import GroundTruth, PrivateBatch
@@ -272,11 +273,11 @@ class Evaluator:
         return obs.unsigned(images), labels
 
     def assess(self, obs: Observation, method: AttackMethod, recon: Reconstruction,
-               client_data: ClientData | None = None) -> Assessment:
+               client_data: ClientData | None = None, num_images: int | None = None) -> Assessment:
         """Metrics and calibrated verdicts of the reconstructions, and the real images to show with them."""
         shown = obs.unsigned(recon.images).clamp(0, 1)
         if obs.foreign:
-            return self._assess_foreign(obs, shown, client_data)
+            return self._assess_foreign(obs, method, shown, client_data, num_images)
         ev = self.private(obs)
         found = self.originals(obs, method, recon)
         if ev is None or found is None:
@@ -290,9 +291,7 @@ class Evaluator:
             metrics["label_accuracy"] = label_accuracy(_hard(recon.labels), _hard(labels))
         metrics["scored_against"] = "encoded" if ev.encoded is not None else "private"
         if len(originals):
-            pool = torch.cat([shown, torch.zeros(max(0, len(originals) - len(shown)), *shown.shape[1:])])
-            matched = pool[torch.as_tensor(metrics["perm"])]
-            metrics.update(self._verdicts(obs, ev, matched, originals))
+            metrics.update(self._verdicts(obs, ev, matched_to(shown, originals, metrics["perm"]), originals))
         return Assessment(metrics, shown, originals)
 
     def _verdicts(self, obs: Observation, ev: Evaluation, matched: Tensor, originals: Tensor) -> dict[str, Any]:
@@ -300,12 +299,7 @@ class Evaluator:
         key = "encoded" if ev.encoded is not None else "images"
         nodes = obs.aggregate_of or ((obs.client,) if obs.client is not None else ())
         others = [obs.unsigned(torch.from_numpy(a)[None])[0] for a in self.truth.images_of(nodes, key, POOL_SIZE)]
-        pool, index = _pool_with(originals, others)
-        if len(pool) < 2:
-            return {"verdict_note": "too few real images of this client's data to calibrate a verdict"}
-        judge = Judge(pool, pool=POOL_SIZE)
-        verdicts = judge.judge(matched, index)
-        return {**summarize(verdicts), "verdicts": verdicts, "references": judge.references(), "reference_images": len(pool)}
+        return matched_verdicts(matched, originals, others)
 
     def client_data(self, obs: Observation, client_data: ClientData) -> tuple[Tensor, Tensor | None] | None:
         """The attacked client's data from the user's ``--client-data`` (images, and labels if it gives them)."""
@@ -325,24 +319,38 @@ class Evaluator:
     def client_partition(self) -> int | None:
         return self._client_data[2] if self._client_data is not None else None
 
-    def _assess_foreign(self, obs: Observation, shown: Tensor, client_data: ClientData | None) -> Assessment:
+    def _assess_foreign(self, obs: Observation, method: AttackMethod, shown: Tensor, client_data: ClientData | None,
+                        num_images: int | None) -> Assessment:
         """An audited app: where each hyperparameter came from and, with the user's grant of the client's
-        data, each reconstruction's nearest image there, its LPIPS and the calibrated verdicts."""
+        data, each reconstruction's nearest image there and its LPIPS (shown under it in the grid), and
+        the calibrated verdicts: against the images the client trained on (the first ``num_images`` of
+        its data, in the order ``--client-data`` gives them), matched one-to-one as in fl-sim's own runs;
+        when the count is unknown, against each reconstruction's nearest image."""
         out: dict[str, Any] = {"hyperparameters": obs.local.get("sources", {})}
         if client_data is None:
             return Assessment(out, shown)
         images, _ = self.client_data(obs, client_data)  # type: ignore[misc]
         lp = nearest_lpips(shown, images)
+        # the image shown under each reconstruction: its nearest in pixels (LPIPS misses digits' identity)
+        nearest_index = [int(i) for i in pairwise_cost(shown, images, cost="correlation").argmin(axis=1)]
         out.update({"nearest_lpips": lp, "nearest_lpips_avg": sum(lp) / len(lp), "nearest_lpips_best": min(lp),
-                    "client_partition": self.client_partition})
+                    "nearest_images": nearest_index, "client_partition": self.client_partition})
+        nearest = images[torch.as_tensor(nearest_index)]
         if len(images) < 2:
             out["verdict_note"] = "too few of the client's images to calibrate a verdict"
-            return Assessment(out, shown)
-        judge = Judge(images, holdout=self._holdout(client_data), pool=POOL_SIZE)
-        verdicts = judge.judge(shown)
-        out.update({**summarize(verdicts), "verdicts": verdicts, "references": judge.references(),
-                    "reference_images": len(images)})
-        nearest = images[torch.as_tensor([v["image"] for v in verdicts])]
+            return Assessment(out, shown, nearest, compare_below=True)
+        count = num_images or obs.num_examples
+        if count and count <= len(images):
+            private = images[:count]
+            scored = score_reconstruction(shown, private, method.match)
+            out.update(scored)
+            out.update(matched_verdicts(matched_to(shown, private, scored["perm"]), private, images))
+            out["scored_against"] = f"the first {count} images of the client's data (its batch)"
+        else:
+            judge = Judge(images, holdout=self._holdout(client_data), pool=POOL_SIZE)
+            verdicts = judge.judge(shown)
+            out.update({**summarize(verdicts), "verdicts": verdicts, "references": judge.references(),
+                        "reference_images": len(images), "scored_against": "each reconstruction's nearest image"})
         return Assessment(out, shown, nearest, compare_below=True)
 
     def _holdout(self, client_data: ClientData) -> Tensor | None:
@@ -382,6 +390,24 @@ def _pool_with(first: Tensor, others: list[Tensor]) -> tuple[Tensor, list[int]]:
         if len(index) < len(first):
             index.append(seen[digest])
     return (torch.stack(pool) if pool else torch.empty(0, *first.shape[1:])), index
+
+
+def matched_to(shown: Tensor, originals: Tensor, perm: list[int]) -> Tensor:
+    """Row i: the reconstruction matched to original i (blank where there were fewer reconstructions)."""
+    pool = torch.cat([shown, torch.zeros(max(0, len(originals) - len(shown)), *shown.shape[1:])])
+    return pool[torch.as_tensor(perm)]
+
+
+def matched_verdicts(matched: Tensor, originals: Tensor, others: Sequence[Tensor]) -> dict[str, Any]:
+    """Calibrated verdicts of matched reconstructions against their private images, with the client's
+    other real images (``others``, one [C, H, W] each; any that repeat the originals dropped) as the
+    reference pool."""
+    pool, index = _pool_with(originals, list(others))
+    if len(pool) < 2:
+        return {"verdict_note": "too few real images of this client's data to calibrate a verdict"}
+    judge = Judge(pool, pool=POOL_SIZE)
+    verdicts = judge.judge(matched, index)
+    return {**summarize(verdicts), "verdicts": verdicts, "references": judge.references(), "reference_images": len(pool)}
 
 
 def nearest_lpips(recon: Tensor, candidates: Tensor, chunk: int = 256) -> list[float]:

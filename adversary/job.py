@@ -13,14 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from adversary.attacks import AUDIT_PRESET, PRESETS, preset_config
+from adversary.attacks import PRESETS, audit_preset, preset_config
 from adversary.evaluation import Evaluator, GrantError, threat_model_for
 from adversary.malicious.record import ServerRecord
 from adversary.methods import build_method
 from adversary.observation import ModelFactory, Observation, build_observation, load_factory
 from adversary.outputs import ATTACK_JSON, attack_dir, write_attack_outputs
+from adversary.progress import PROGRESS_LOG, ProgressLog
 from adversary.roles.base import AttackTarget
 from adversary.statement import AuditStatement
 from adversary.traffic_log import TrafficLog
@@ -70,6 +71,7 @@ def run_job(
     audit: AuditStatement | None = None,
     factory: ModelFactory | None = None,
     warn: Callable[[str], None] | None = None,
+    echo: TextIO | None = None,
 ) -> AttackOutcome:
     """Attack one target (a client update, an aggregate, a malicious server's recovery) and write its outputs.
 
@@ -77,13 +79,13 @@ def run_job(
     back to optimising with ``preset``); ``audit`` is what the command line states about an audited
     app; ``factory`` builds its model (else the card's factory is imported). Before the attack runs, the
     attacker's model of the client is replayed on the true batch where one is known (the recipe check);
-    ``warn`` hears when it is wrong."""
+    ``warn`` hears when it is wrong. Progress lines go to ``RUN_DIR/attacks.log`` and ``echo``."""
     run_dir = Path(run_dir)
     card = load_card(run_dir)
     if audit is not None:
         card = audit.card(card)
         audit.check(card)
-    preset = preset or (AUDIT_PRESET if card.origin == "audit" else DEFAULT_PRESET)
+    preset = preset or (audit_preset(card.recipe.optimizer) if card.origin == "audit" else DEFAULT_PRESET)
     server = ServerRecord(run_dir) if target.kind == "malicious" else None
     with TrafficLog.open(run_dir) as log:
         obs = build_observation(log, card, target, factory=factory, server=server)
@@ -104,9 +106,11 @@ def run_job(
     checked = evaluator.recipe_check(obs, inputs, threat_model, client_data) if not obs.refused else {}
     if checked.get("recipe_warning") and warn is not None:
         warn(checked["recipe_warning"])
-    recon = method.run(obs, inputs, threat_model, progress)
+    logged = ProgressLog(run_dir / PROGRESS_LOG, f"msg {obs.message} round {obs.round} {method.name}",
+                         method.total_iterations, echo=echo, inner=progress)
+    recon = method.run(obs, inputs, threat_model, logged)
 
-    assessed = evaluator.assess(obs, method, recon, client_data)
+    assessed = evaluator.assess(obs, method, recon, client_data, threat_model.num_images)
     metrics = {**checked, **assessed.metrics}
     summary = {
         "message": obs.message,

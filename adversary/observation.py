@@ -335,7 +335,8 @@ def _update(log: TrafficLog, card: DeploymentCard, target: AttackTarget, factory
         instruction=instruction,
         client=reply.src_node,
         foreign=card.origin == "audit",
-        source={"kind": "reply", "message": reply.id, "client_node": reply.src_node},
+        source={"kind": "reply", "message": reply.id, "client_node": reply.src_node,
+                "client_metrics": {k: v for k, v in reply.metrics.items() if isinstance(v, (int, float, str, bool))}},
     )
 
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from adversary.attacks import AUDIT_PRESET
+from adversary.attacks import AUDIT_PRESET, PRESETS, audit_preset
 from adversary.attacks import ConfigError as AttackConfigError
 from adversary.evaluation import GrantError
 from adversary.job import AuditStatement, run_job
@@ -25,6 +25,7 @@ from adversary.roles import AttackTarget
 from adversary.service import execute_job
 from adversary.traffic_log import TrafficLog, TrafficLogError
 from app.audit import AuditError, load_app_spec, run_audit
+from app.audit.app_log import APP_LOG, round_metrics
 from app.audit.run_config import parse_run_config
 from app.netguard import apply_offline_env
 from app.simulation import run_simulation
@@ -175,7 +176,8 @@ def _cmd_audit(args: argparse.Namespace, console: Console) -> None:
         adversary = None
         if args.role:
             attack, threat = _attack_overrides(args.set or [])
-            adversary = AdversaryConfig(role=args.role, preset=args.preset or AUDIT_PRESET, attack=attack, threat=threat)
+            adversary = AdversaryConfig(role=args.role, preset=args.preset or audit_preset(str(statement.recipe.get("optimizer", "sgd"))),
+                                        attack=attack, threat=threat)
             if not statement.factory:
                 raise UserError("--model: a role needs the app's model (module:factory) and --input-shape to attack")
         outcome = run_audit(
@@ -192,7 +194,13 @@ def _cmd_audit(args: argparse.Namespace, console: Console) -> None:
     except (AuditError, DeploymentCardError, ObservationError) as exc:
         raise UserError(str(exc)) from None
     console.print(f"\n[bold]audit done[/bold]: {outcome.messages} messages intercepted in {outcome.wall_s:.1f} s")
+    with TrafficLog.open(outcome.run_dir) as log:
+        rows = round_metrics(log.messages())
+    for rnd, kind, replies, means in rows:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in means.items()) or "no metrics"
+        console.print(f"  round {rnd} {kind}: {replies} replies; mean {shown}")
     console.print(f"run directory: {outcome.run_dir}")
+    console.print(f"the app's own output: {outcome.run_dir / APP_LOG}")
     console.print(f"intercepted traffic: fl-sim traffic list {outcome.run_dir}")
 
 
@@ -242,31 +250,52 @@ def _cmd_attack(args: argparse.Namespace, console: Console) -> None:
     attack_overrides, threat = _attack_overrides(args.set or [])
     statement = _statement(args)
     targets = _attack_targets(args)
+    terminal = console.is_terminal
     for msg_id in targets:
         with Progress(TextColumn(f"attack msg {msg_id}"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.description}"),
-                      TimeElapsedColumn(), console=console, transient=True) as progress:
+                      TimeElapsedColumn(), console=console, transient=True, disable=not terminal) as progress:
             bar = progress.add_task("-", total=None)
 
             def update(iteration: int, loss: float) -> None:
                 progress.update(bar, completed=iteration + 1, description=f"{loss:.4g}")
 
+            def warn(text: str) -> None:
+                console.print(f"[bold red]warning[/bold red]: msg {msg_id}: {text}", highlight=False)
+
             try:
                 outcome = run_job(args.run_dir, AttackTarget("update", None, (msg_id,)), args.preset,
                                   attack_overrides=attack_overrides, threat=threat, progress=update,
-                                  audit=statement)
+                                  audit=statement, warn=warn, echo=None if terminal else sys.stderr)
             except (AttackConfigError, ThreatModelError, GrantError, TrafficLogError, ObservationError,
                     DeploymentCardError, KeyError) as exc:
                 message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
                 raise UserError(str(message)) from None
-        m = outcome.metrics
-        line = f"msg {msg_id} (round {m['round']}): objective {m['objective']:.4g}"
-        if "nearest_lpips_avg" in m:
-            line += f"  nearest-image LPIPS avg {m['nearest_lpips_avg']:.3f} best {m['nearest_lpips_best']:.3f}"
-        if "lpips_avg" in m:
-            line += (f"  LPIPS avg {m['lpips_avg']:.3f} best {m['lpips_best']:.3f}  PSNR avg {m['psnr_avg']:.2f} dB"
-                     f"  labels {m['label_accuracy']:.0%}")
-        console.print(line)
+        _print_attack(console, msg_id, outcome.metrics)
         console.print(f"  outputs: {outcome.out_dir}")
+
+
+def _print_attack(console: Console, msg_id: int, m: dict) -> None:
+    line = f"msg {msg_id} (round {m['round']}): objective {m['objective']:.4g}"
+    if "recipe_error" in m:
+        line += f"  recipe error {m['recipe_error']:.2g}" + ("" if m.get("recipe_ok") else " (WRONG RECIPE)")
+    if "nearest_lpips_avg" in m:
+        line += f"  nearest-image LPIPS avg {m['nearest_lpips_avg']:.3f} best {m['nearest_lpips_best']:.3f}"
+    if "lpips_avg" in m:
+        line += f"  LPIPS avg {m['lpips_avg']:.3f} best {m['lpips_best']:.3f}  PSNR avg {m['psnr_avg']:.2f} dB"
+        if "label_accuracy" in m:
+            line += f"  labels {m['label_accuracy']:.0%}"
+    console.print(line, highlight=False)
+    if "verdict" in m:
+        counts = ", ".join(f"{n} {level}" for level, n in m["verdict_counts"].items() if n)
+        console.print(f"  verdict: [bold]{m['verdict']}[/bold] ({counts}; scored against {m.get('scored_against', 'the private images')})",
+                      highlight=False)
+        for i, v in enumerate(m["verdicts"]):
+            d = v["metrics"][v["decided_by"]]
+            console.print(f"    image {i}: {v['verdict']} by {v['decided_by']} {d['distance']:.3f} "
+                          f"(its real image's nearest neighbour {d['nearest_other']:.3f}, content-free guess {d['guess']:.3f})",
+                          highlight=False)
+    elif "verdict_note" in m:
+        console.print(f"  verdict: none ({m['verdict_note']})", highlight=False)
 
 
 def _cmd_experiment_list(args: argparse.Namespace, console: Console) -> None:
@@ -337,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--out", help="parent folder of the run directory (default: runs)")
     _statement_options(audit)
     audit.add_argument("--role", help="attack while the app runs: eavesdropper, curious-server, malicious-client")
-    audit.add_argument("--preset", default=None, help=f"attack preset for --role (default: {AUDIT_PRESET})")
+    audit.add_argument("--preset", default=None, help=f"attack preset for --role (default: {AUDIT_PRESET}, or audit-adam when --recipe states optimizer=adam)")
     audit.add_argument("--set", action="append", metavar="KEY=VALUE", help="attack.<key> / threat.<key> for --role")
     audit.set_defaults(func=_cmd_audit)
 
@@ -348,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "batch 1) per iteration on 2 CPU cores, times its restarts.")
     attack.add_argument("run_dir", help="a run directory of fl-sim run or fl-sim audit (holding traffic/ and deployment.json)")
     attack.add_argument("--preset", default=None,
-                        help="dlg, idlg, inverting-gradients, huang-eq3, gradinversion, audit (default: inverting-gradients "
-                             f"for fl-sim's runs, {AUDIT_PRESET} for audits)")
+                        help=f"{', '.join(PRESETS)} (default: inverting-gradients for fl-sim's runs; for audits "
+                             f"{AUDIT_PRESET}, or audit-adam when --recipe states optimizer=adam or adamw)")
     attack.add_argument("--msg", type=int, help="the traffic-log id of a client update (see fl-sim traffic list)")
     attack.add_argument("--round", type=int, help="the server round whose client updates to attack (with --client or --all)")
     attack.add_argument("--client", type=int, help="client node id (see fl-sim traffic list)")

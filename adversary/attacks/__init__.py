@@ -11,7 +11,7 @@ from adversary.attacks.hparam_search import ALPHA_BN, ALPHA_TV, SearchPoint, gri
 from adversary.attacks.labels import LABEL_STRATEGIES, LabelGuess, allocate_counts, label_accuracy
 from adversary.attacks.objectives import OBJECTIVES
 from adversary.attacks.optimizers import OPTIMIZERS
-from adversary.attacks.presets import AUDIT_PRESET, PRESETS, build_attack, huang_eq3_for_defense, preset_config
+from adversary.attacks.presets import AUDIT_PRESET, PRESETS, audit_preset, build_attack, huang_eq3_for_defense, preset_config
 from adversary.attacks.registry import ConfigError
 from adversary.attacks.regularizers import REGULARIZERS
 from adversary.attacks.runner import AttackResult, GradientInversion
@@ -22,6 +22,7 @@ from fl_sim.threat import Capability, ThreatModel, ThreatModelError
 __all__ = [
     "ALPHA_BN",
     "AUDIT_PRESET",
+    "audit_preset",
     "ALPHA_TV",
     "BN_STRATEGIES",
     "LABEL_STRATEGIES",

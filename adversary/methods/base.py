@@ -38,6 +38,11 @@ class AttackMethod(Component):
     # Score against each private image once, however many local steps saw it (else every step's batch).
     distinct_images: bool = False
 
+    @property
+    def total_iterations(self) -> int | None:
+        """How many progress steps ``run`` reports (None: it reports none, or cannot say)."""
+        return None
+
     def check(self, inputs: AttackInputs, threat_model: ThreatModel) -> None:
         """Refuse (ThreatModelError, one line) before anything runs when a grant or an input is missing."""
         check_grants([self], threat_model, inputs)

@@ -26,6 +26,11 @@ class OptimizationAttack(AttackMethod):
     def requirements(self) -> set[Capability]:
         return set().union(*(c.requirements() for c in self.attack.components()))
 
+    @property
+    def total_iterations(self) -> int:
+        groups = 1 if getattr(self.attack.optimizer, "independent_trials", True) else self.attack.restarts
+        return self.attack.iterations * groups
+
     def check(self, inputs: AttackInputs, threat_model: ThreatModel) -> None:
         self.attack.check(inputs, threat_model)  # the parts' grants, and the client simulation's
 

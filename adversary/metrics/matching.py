@@ -27,6 +27,14 @@ def _check_batches(recon: Tensor, originals: Tensor) -> None:
         raise ValueError(f"need at least as many reconstructions ({recon.shape[0]}) as originals ({originals.shape[0]})")
 
 
+def _standardised(images: Tensor) -> Tensor:
+    """Each image's pixels at mean 0 and unit norm (a flat image: all zeros, uncorrelated with anything)."""
+    flat = images.double().flatten(1)
+    flat = flat - flat.mean(1, keepdim=True)
+    norm = flat.norm(dim=1, keepdim=True)
+    return torch.where(norm > 1e-12, flat / norm.clamp_min(1e-12), torch.zeros_like(flat))
+
+
 def pairwise_cost(recon: Tensor, originals: Tensor, cost: str = "lpips", net: str = "alex") -> np.ndarray:
     """Cost matrix C[i, j] = cost(recon[i], originals[j]), shape (N, M), float64."""
     recon, originals = recon.detach(), originals.detach().to(recon.device)
@@ -35,8 +43,11 @@ def pairwise_cost(recon: Tensor, originals: Tensor, cost: str = "lpips", net: st
         a = recon.double().flatten(1)
         b = originals.double().flatten(1)
         return (torch.cdist(a, b).pow(2) / a.shape[1]).cpu().numpy()
+    if cost == "correlation":  # 1 - Pearson correlation of the pixels: blind to brightness and contrast
+        a, b = (_standardised(t) for t in (recon, originals))
+        return (1 - a @ b.T).cpu().numpy()
     if cost != "lpips":
-        raise ValueError(f"cost must be 'lpips' or 'mse', got {cost!r}")
+        raise ValueError(f"cost must be 'lpips', 'mse' or 'correlation', got {cost!r}")
     rows = torch.arange(n, device=recon.device).repeat_interleave(m)
     cols = torch.arange(m, device=recon.device).repeat(n)
     values = []

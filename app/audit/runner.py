@@ -19,6 +19,7 @@ from adversary.observation import ObservationError
 from adversary.roles import RoleContext
 from adversary.statement import AuditStatement
 from adversary.traffic_log import TrafficLog
+from app.audit.app_log import APP_LOG, seed_everything
 from app.audit.app_ref import AuditError, FlowerAppSpec, import_component
 from app.audit.run_config import merge_run_config
 from app.audit.wrappers import Around, ConfiguredClientApp, tapped_server_app
@@ -62,9 +63,12 @@ def execute_app(
     around: Around | None = None,
 ) -> None:
     """Run the user's apps as they are, in ``workdir``; ``around`` opens a session around the app's
-    main that hands it the Grid to use (a tapped one) and closes while the runtime is still up."""
-    server_app = tapped_server_app(user_server, run_config, around)
-    client_app = ConfiguredClientApp(user_client, run_config)
+    main that hands it the Grid to use (a tapped one) and closes while the runtime is still up. The
+    app's output goes to ``app.log`` next to ``workdir``; its randomness is seeded from ``seed``."""
+    log = workdir.parent / APP_LOG
+    server_app = tapped_server_app(user_server, run_config, around, log=log)
+    client_app = ConfiguredClientApp(user_client, run_config, seed=seed, log=log)
+    seed_everything(seed)
     with _working_directory(workdir):
         run_apps(server_app, client_app, engine=engine, nodes=nodes, seed=seed)
 

@@ -8,8 +8,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from app.engine.inline import run_inline
-from app.netguard import apply_offline_env
 from app.engine.ray_engine import run_ray
+from app.netguard import apply_offline_env
 from fl_sim.config import EngineConfig, RunConfig
 from fl_sim.registry import Registry
 

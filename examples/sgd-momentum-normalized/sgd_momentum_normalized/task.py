@@ -76,6 +76,7 @@ def train(net, trainloader, epochs, lr, momentum, weight_decay, device):
             optimizer.step()
             running_loss += loss.item()
             steps += 1
+    print(f"trained {steps} steps on {len(trainloader.dataset)} images, mean loss {running_loss / max(steps, 1):.4f}")
     return running_loss / max(steps, 1)
 
 
