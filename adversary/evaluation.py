@@ -308,10 +308,7 @@ class Evaluator:
         if self._client_data is None:
             sim = json.loads((self.run_dir / SIMULATION_JSON).read_text())
             partition = sim["partition_of_node"][str(obs.client)]
-            got = client_data(partition, sim["num_partitions"])
-            images, labels = (got[0], got[1]) if isinstance(got, (tuple, list)) else (got, None)
-            self._client_data = (torch.as_tensor(images).float(), None if labels is None else torch.as_tensor(labels).long(),
-                                 partition)
+            self._client_data = (*_partition_data(client_data, partition, sim["num_partitions"]), partition)
         images, labels, _ = self._client_data
         return images, labels
 
@@ -329,7 +326,10 @@ class Evaluator:
         out: dict[str, Any] = {"hyperparameters": obs.local.get("sources", {})}
         if client_data is None:
             return Assessment(out, shown)
-        images, _ = self.client_data(obs, client_data)  # type: ignore[misc]
+        data = self.client_data(obs, client_data)
+        if data is None:  # no single client (an aggregate): no one partition to score against
+            return Assessment(out, shown)
+        images, _ = data
         lp = nearest_lpips(shown, images)
         # the image shown under each reconstruction: its nearest in pixels (LPIPS misses digits' identity)
         nearest_index = [int(i) for i in pairwise_cost(shown, images, cost="correlation").argmin(axis=1)]
@@ -360,11 +360,17 @@ class Evaluator:
         for partition in range(sim["num_partitions"]):
             if partition == self.client_partition:
                 continue
-            got = client_data(partition, sim["num_partitions"])
-            found.append(torch.as_tensor(got[0] if isinstance(got, (tuple, list)) else got).float())
+            found.append(_partition_data(client_data, partition, sim["num_partitions"])[0])
             if sum(len(f) for f in found) >= POOL_SIZE:
                 break
         return torch.cat(found)[:POOL_SIZE] if found else None
+
+
+def _partition_data(client_data: ClientData, partition: int, num_partitions: int) -> tuple[Tensor, Tensor | None]:
+    """One partition from the user's ``--client-data``: images, and labels if it returns them."""
+    got = client_data(partition, num_partitions)
+    images, labels = (got[0], got[1]) if isinstance(got, (tuple, list)) else (got, None)
+    return torch.as_tensor(images).float(), None if labels is None else torch.as_tensor(labels).long()
 
 
 @dataclass
