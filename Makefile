@@ -9,9 +9,10 @@ $(STAMP): pyproject.toml scripts/setup.sh
 
 setup: $(STAMP)
 
-## The main job: a Flower simulation (Ray engine) on the embedded MNIST digits, with the traffic tap.
+## The main job: a Flower simulation (Ray engine) on the embedded MNIST digits, an eavesdropper attacking
+## two clients' updates while they train (one defended), and RUN_DIR/report.html at the end.
 demo: setup
-	$(BIN)/fl-sim run
+	$(BIN)/fl-sim demo
 
 ## The default test suite (slow tests excluded).
 test: setup

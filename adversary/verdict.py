@@ -37,7 +37,8 @@ MSE 0.07-0.12 for reconstructions anyone can read, as much as unrelated digits).
 LPIPS (AlexNet features of upsampled 28-pixel images) is dominated by background speckle and misses
 identity (reconstructions anyone can read scored LPIPS 0.03-0.09 against an unrelated-pair median of
 0.043); on natural images LPIPS is the sharper judge. Each verdict names the metric that decided it
-and the numbers.
+and the numbers. PSNR and SSIM judge nothing, but their levels (between different real images,
+and of noise) come with every verdict, so a reader can tell what a PSNR of 12 dB means here.
 """
 
 from __future__ import annotations
@@ -48,11 +49,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from adversary.metrics.image_metrics import psnr, ssim
 from adversary.metrics.matching import pairwise_cost
 
 LEVELS = ("not recovered", "partial", "recognised")
 METRICS = ("lpips", "correlation")
 NOISE_SAMPLES = 16
+SCORE_PAIRS = 64  # pairs of different real images behind the PSNR and SSIM levels
 CHUNK = 256
 
 
@@ -65,6 +68,21 @@ def _levels(values: np.ndarray) -> dict[str, float]:
     if not len(finite):
         return {"median": float("inf"), "p5": float("inf")}
     return {"median": float(np.median(finite)), "p5": float(np.percentile(finite, 5))}
+
+
+def _score_levels(sample: Tensor, noise: Tensor, rng: np.random.Generator) -> dict[str, dict[str, float]]:
+    """PSNR and SSIM between different real images and of noise against real ones (medians): what a
+    reconstruction's PSNR or SSIM must beat to say anything about its image. They judge nothing."""
+    n = len(sample)
+    first = rng.integers(0, n, SCORE_PAIRS)
+    second = (first + rng.integers(1, n, SCORE_PAIRS)) % n
+    against = sample[torch.arange(len(noise)) % n]
+    out = {}
+    for name, score in (("psnr", psnr), ("ssim", ssim)):
+        unrelated = score(sample[torch.as_tensor(first)], sample[torch.as_tensor(second)]).numpy()
+        out[name] = {"unrelated_median": float(np.median(unrelated)),
+                     "noise_median": float(np.median(score(noise, against).numpy()))}
+    return out
 
 
 class Judge:
@@ -98,10 +116,12 @@ class Judge:
             self.refs[m] = {"unrelated_median": unrelated["median"], "unrelated_p5": unrelated["p5"],
                             "nearest_median": nearest["median"], "nearest_p5": nearest["p5"],
                             "noise_median": float(np.median(pairwise_cost(noise, sample, cost=m)))}
+        self.score_refs = _score_levels(sample, noise, rng)
         self._nearest_other: dict[tuple[str, int], float] = {}
 
     def references(self) -> dict[str, dict[str, float]]:
-        return {m: {k: round(v, 6) for k, v in r.items()} for m, r in self.refs.items()}
+        """The levels of the judging metrics, and of PSNR and SSIM (higher is closer) for reading those."""
+        return {m: {k: round(v, 6) for k, v in r.items()} for m, r in {**self.refs, **self.score_refs}.items()}
 
     def nearest_other(self, metric: str, o: int) -> float:
         """Candidate ``o``'s distance to its nearest other candidate (identical copies excluded)."""

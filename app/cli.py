@@ -24,10 +24,12 @@ from adversary.observation import ObservationError, client_updates
 from adversary.roles import AttackTarget
 from adversary.service import execute_job
 from adversary.traffic_log import TrafficLog, TrafficLogError
+from adversary.traffic_stats import round_metrics
 from app.audit import AuditError, load_app_spec, run_audit
-from app.audit.app_log import APP_LOG, round_metrics
+from app.audit.app_log import APP_LOG
 from app.audit.run_config import parse_run_config
 from app.netguard import apply_offline_env
+from app.report import ReportError, report_run
 from app.simulation import run_simulation
 from experiments.registry import ExperimentError, list_experiments
 from experiments.runner import report_experiment, run_experiment
@@ -40,15 +42,22 @@ from fl_sim.rundir import read_summary
 from fl_sim.threat import ThreatModelError
 
 EXIT_USAGE = 2
-DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.toml"
+CONFIGS = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = CONFIGS / "default.toml"  # fl-sim run without --config: a plain run, no adversary
+DEMO_CONFIG = CONFIGS / "demo.toml"  # fl-sim demo, the main job: an eavesdropper attacking while it trains
 
 
 class UserError(Exception):
     """Anything the user can fix; shown as one line."""
 
 
+def _cmd_demo(args: argparse.Namespace, console: Console) -> None:
+    args.config = str(DEMO_CONFIG)
+    _cmd_run(args, console)
+
+
 def _cmd_run(args: argparse.Namespace, console: Console) -> None:
-    config = load_config(args.config or DEMO_CONFIG, args.set or [])
+    config = load_config(args.config or DEFAULT_CONFIG, args.set or [])
     outcome = run_simulation(config, command=sys.argv)
     last = outcome.result.rounds[-1]
     console.print(
@@ -62,6 +71,21 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> None:
                       f"rounds, {vetting['false_alarms']} of {vetting['honest_replies']} honest ones")
     if config.tap.enabled:
         console.print(f"intercepted traffic: fl-sim traffic list {outcome.run_dir}")
+    _write_report(console, outcome.run_dir)
+
+
+def _write_report(console: Console, run_dir: Path) -> None:
+    try:
+        path, lines = report_run(run_dir)
+    except ReportError as exc:
+        raise UserError(str(exc)) from None
+    for line in lines:
+        console.print(line, highlight=False)
+    console.print(f"report: {path}", highlight=False)
+
+
+def _cmd_report(args: argparse.Namespace, console: Console) -> None:
+    _write_report(console, Path(args.run_dir))
 
 
 def _open_log(run_dir: str) -> TrafficLog:
@@ -351,9 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a federated simulation with the traffic tap")
-    run.add_argument("--config", help=f"TOML file (default: the demo, {DEMO_CONFIG.name})")
+    run.add_argument("--config", help=f"TOML file (default: app/configs/{DEFAULT_CONFIG.name}, a plain run)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     run.set_defaults(func=_cmd_run)
+
+    demo = sub.add_parser("demo", help=f"the main job (app/configs/{DEMO_CONFIG.name}): an eavesdropper attacks two "
+                                       "clients while they train, one of them defended; ends with RUN_DIR/report.html")
+    demo.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    demo.set_defaults(func=_cmd_demo)
 
     audit = sub.add_parser("audit", help="run an existing, unmodified Flower app under the tap")
     audit.add_argument("app", help="Flower app directory (pyproject.toml with [tool.flwr.app]) or SERVERAPP module:attr")
@@ -415,6 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     ep = esub.add_parser("report", help="re-render an experiment's tables and figures")
     ep.add_argument("run_dir")
     ep.set_defaults(func=_cmd_experiment_report)
+
+    report = sub.add_parser("report", help="write RUN_DIR/report.html: what a run (or an audit) leaked, in one page")
+    report.add_argument("run_dir", help="a run directory of fl-sim run or fl-sim audit")
+    report.set_defaults(func=_cmd_report)
 
     traffic = sub.add_parser("traffic", help="inspect an intercepted traffic log")
     tsub = traffic.add_subparsers(dest="traffic_command", required=True)

@@ -19,7 +19,9 @@ from typing import Any
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
+from adversary.feed import Describe, JobFeed, client_namer, plain_client
 from adversary.malicious.wrapper import malicious_server
+from adversary.progress import PROGRESS_LOG
 from adversary.roles import RoleContext
 from adversary.service import start_adversary
 from adversary.tap import TappedGrid
@@ -35,6 +37,20 @@ def role_context(config: RunConfig) -> RoleContext:
     return RoleContext(secagg=config.federation.secagg, node_of_partition=dict(enumerate(nodes)))
 
 
+def partition_of_node(config: RunConfig) -> dict[int, int]:
+    return {node: p for p, node in enumerate(node_ids_for(config.seed, config.federation.num_clients))}
+
+
+def defense_labels(config: RunConfig) -> Callable[[int], list[str]]:
+    """A partition's defenses, as labels ('gradprune p=0.99')."""
+    return lambda partition: [d.label() for d in config.defenses if d.applies_to(partition)]
+
+
+def describe_clients(config: RunConfig) -> Describe:
+    """Names a simulated client by node id, partition and the defenses it applies (for people, not attacks)."""
+    return client_namer(partition_of_node(config), defense_labels(config))
+
+
 @dataclass
 class Session:
     grid: Grid
@@ -43,20 +59,33 @@ class Session:
 
 @contextlib.contextmanager
 def tapped_session(grid: Grid, run_dir: Path, adversary: AdversaryConfig | None, context: RoleContext, engine: str,
-                   console: Console | None = None) -> Iterator[Session]:
-    """The tap (and the adversary, if a role is configured) around everything the server sends and receives."""
+                   console: Console | None = None, describe: Describe = plain_client) -> Iterator[Session]:
+    """The tap (and the adversary, if a role is configured) around everything the server sends and receives.
+
+    With a ``console``, each attack prints one line when it ends (``describe`` names its client)."""
     writer = TrafficWriter(run_dir)
-    attacker = None
+    attacker = feed = None
     try:
         if adversary is not None and adversary.active:
             # Started here, inside the server's main: under Ray the runtime is up by now.
             attacker = start_adversary(run_dir, adversary, context, engine)
+            if console is not None:
+                feed = JobFeed(run_dir, lambda line: console.print(line, highlight=False, soft_wrap=True), describe).start()
         yield Session(TappedGrid(grid, writer, observe=attacker.on_intercept if attacker is not None else None), attacker)
     finally:
         if attacker is not None:
-            states = attacker.finish(adversary.wait if adversary is not None else True)
+            wait = adversary.wait if adversary is not None else True
+            if feed is not None and wait and (left := feed.unfinished()):
+                console.print(f"training done; waiting for {left} unfinished attack{'s' if left > 1 else ''} "
+                              f"(progress: {run_dir / PROGRESS_LOG})", highlight=False, soft_wrap=True)
+                feed.show_progress(run_dir / PROGRESS_LOG)
+            states = attacker.finish(wait)
+            if feed is not None:
+                feed.stop()
             if console is not None:
-                console.print("adversary: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + " attacks")
+                counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+                console.print(f"adversary: {counts} attacks" if counts else "adversary: no attacks scheduled",
+                              highlight=False, soft_wrap=True)
         writer.close()
 
 
@@ -78,7 +107,8 @@ def server_app_for(config: RunConfig, run_dir: Path | None, *, on_result: Callab
     @contextlib.contextmanager
     def around(grid: Grid) -> Iterator[tuple[Grid, StrategyWrapper]]:
         console = Console(stderr=True, quiet=quiet)
-        with tapped_session(grid, path, config.adversary, role_context(config), config.engine.name, console) as session:
+        with tapped_session(grid, path, config.adversary, role_context(config), config.engine.name, console,
+                            describe_clients(config)) as session:
             yield session.grid, _wrapper(config, path, session)
 
     return make_server_app(config, run_dir, around=around, on_result=on_result, quiet=quiet)

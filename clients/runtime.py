@@ -105,11 +105,11 @@ class ClientRuntime:
 
     def _vet(self, defenses: RoundDefenses, model: nn.Module, received: dict[str, torch.Tensor], spec: str | None,
              rnd: int, partition: int, context: Context) -> VetReport | None:
-        if self.defenses.vetter is None:
+        if defenses.defenses.vetter is None:
             return None
         own = {k: v for k, v in received.items() if k in self.initial}
         previous = context.state[LAST_RECEIVED].to_torch_state_dict() if LAST_RECEIVED in context.state else None
-        params = self.defenses.vetter.params
+        params = defenses.defenses.vetter.params
         pool = self.task.partitions[partition]
         probe = self.task.dataset.train_x[np.asarray(pool[: params.probe_images])]
         report = defenses.vet(VetContext(round=rnd, model=model, received=dict(received), agreed_keys=frozenset(self.initial),
@@ -177,7 +177,7 @@ class ClientRuntime:
         if cfg.protocol == "fedsgd":
             x, y, idx = encoded[0][0]
             result, grads = fedsgd_step(model, x, y, idx, lr=cfg.lr, local_params=local_keys, grad_fn=grad_fn)
-            if self.defenses.transforms:
+            if defenses.defenses.transforms:
                 grads = defenses.transform(grads)
             content[ARRAYS] = _to_record(grads)
             buffers = {k: v for k, v in model.state_dict().items() if k in set(self.task.shared_keys(model)) and k not in grads}
@@ -188,7 +188,7 @@ class ClientRuntime:
             sd = model.state_dict()
             shared = {k: sd[k] for k in self.task.shared_keys(model)}
             delta: dict[str, torch.Tensor] = {}
-            if self.defenses.transforms:
+            if defenses.defenses.transforms:
                 trained = [k for k, _ in model.named_parameters() if k in shared]
                 delta = defenses.transform({k: shared[k] - received[k] for k in trained})
             if cfg.upload == "delta":
@@ -199,7 +199,7 @@ class ClientRuntime:
         metrics = {NUM_EXAMPLES: result.num_examples, TRAIN_LOSS: result.loss, COMPUTE_S: result.compute_s}
         if report is not None:
             metrics.update(report.metrics())
-        if self.defenses:
+        if defenses.defenses:
             metrics.update(
                 defenses.round_metrics(
                     RoundContext(
@@ -269,7 +269,7 @@ class ClientRuntime:
             extra={
                 "protocol": self.config.federation.protocol,
                 "lr": self.config.federation.lr,
-                "defenses": [d.model_dump(mode="json") for d in self.config.defenses],
+                "defenses": [d.model_dump(mode="json") for d in self.config.defenses if d.applies_to(partition)],
             },
         )
 

@@ -11,6 +11,7 @@ import html
 import json
 import mimetypes
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from experiments.base import Figure, Table
@@ -29,6 +30,11 @@ tbody tr:nth-child(even) { background: #f7f7f7; }
 figure { margin: 1em 0; } figcaption { font-size: 0.9em; color: #444; }
 img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 pre { background: #f4f4f4; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
+.lead { background: #fff6e0; border-left: 4px solid #e0a000; padding: 0.4em 1em; font-size: 1.05em; }
+.caption { font-weight: 600; margin: 1em 0 0.2em; }
+.part td { text-align: left; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.figures figure { margin: 0.5em 0; max-width: 100%; }
 """
 
 
@@ -50,13 +56,15 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def table_html(table: Table) -> str:
-    """A Table as an HTML <table> (numbers formatted by ``_fmt``), with its notes."""
+def table_html(table: Table, heading: bool = True) -> str:
+    """A Table as an HTML <table> (numbers formatted by ``_fmt``), with its notes; inside a
+    :class:`Section` its title is a caption rather than a heading."""
     head = "".join(f"<th>{_esc(c)}</th>" for c in table.columns)
     body = "\n".join("<tr>" + "".join(f"<td>{_esc(_fmt(v))}</td>" for v in row) + "</tr>" for row in table.rows)
+    caption = f"<h2>{_esc(table.title)}</h2>" if heading else f'<p class="caption">{_esc(table.title)}</p>'
     parts = [
         f'<section class="table" id="table-{_esc(table.name)}">',
-        f"<h2>{_esc(table.title)}</h2>",
+        caption,
         f"<table><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>",
     ]
     if table.notes:
@@ -80,6 +88,27 @@ def figure_html(figure: Figure) -> str:
     )
 
 
+@dataclass
+class Section:
+    """A titled part of a report: paragraphs, then tables, then figures side by side."""
+
+    name: str
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+
+def section_html(section: Section) -> str:
+    parts = [f'<section class="part" id="{_esc(section.name)}">', f"<h2>{_esc(section.title)}</h2>"]
+    parts += [f"<p>{_esc(p)}</p>" for p in section.paragraphs]
+    parts += [table_html(t, heading=False) for t in section.tables]
+    if section.figures:
+        parts.append('<div class="figures">' + "".join(figure_html(f) for f in section.figures) + "</div>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
 def write_html_report(
     out_dir: Path,
     title: str,
@@ -87,8 +116,11 @@ def write_html_report(
     figures: list[Figure],
     settings: dict[str, Any] | None = None,
     description: str = "",
+    sections: list[Section] | None = None,
+    lead: list[str] | None = None,
 ) -> Path:
-    """Write ``out_dir/report.html``: tables, inlined figures and the settings; returns its path."""
+    """Write ``out_dir/report.html``: the ``lead`` (a highlighted summary), the ``sections``, tables,
+    inlined figures and the settings; returns its path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if settings is None:
@@ -102,8 +134,11 @@ def write_html_report(
         "</head><body>",
         f"<h1>{_esc(title)}</h1>",
     ]
+    if lead:
+        parts.append('<div class="lead" id="summary">' + "".join(f"<p>{_esc(p)}</p>" for p in lead) + "</div>")
     if description:
         parts.append(f"<p>{_esc(description)}</p>")
+    parts += [section_html(s) for s in sections or []]
     parts += [table_html(t) for t in tables]
     if figures:
         parts.append("<h2>Figures</h2>")

@@ -169,6 +169,7 @@ class EngineConfig(_Section):
 class EvalConfig(_Section):
     mode: Literal["auto", "server", "clients"] = "auto"
     batch_size: int = Field(256, ge=1)
+    every: int = Field(1, ge=1)  # evaluate every k-th round (and always the last): evaluation can cost more than a FedSGD round
 
 
 class TapConfig(_Section):
@@ -242,6 +243,32 @@ class DefenseParams(_Section):
 
     kind: ClassVar[str] = "update"
     name: str
+    # Which simulated clients (partition indices) apply it; None: every client. A deployment where
+    # only some clients defend themselves is what the demo contrasts.
+    partitions: list[int] | None = None
+
+    @field_validator("partitions")
+    @classmethod
+    def _partitions(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("partitions: give at least one partition index, or leave it out for every client")
+            if min(value) < 0:
+                raise ValueError(f"partitions: indices must be >= 0, got {sorted(value)}")
+            if cls.kind == "encoder":
+                raise ValueError("partitions: a batch encoder is announced to the whole deployment (the attacker "
+                                 "decodes with it); it applies to every client")
+        return value
+
+    def applies_to(self, partition: int) -> bool:
+        return self.partitions is None or partition in self.partitions
+
+    def label(self) -> str:
+        """'gradprune p=0.99': the name and the settings that differ from their defaults."""
+        fields = type(self).model_fields
+        changed = [f"{k}={v}" for k, v in self.model_dump(exclude={"name", "partitions"}).items()
+                   if fields[k].is_required() or v != fields[k].default]
+        return " ".join([self.name, *changed])
 
 
 DEFENSE_KINDS = {
@@ -314,6 +341,21 @@ class RunConfig(_Section):
     @classmethod
     def _defenses(cls, value: Any) -> list[DefenseParams]:
         return parse_defenses(value)
+
+    @model_validator(mode="after")
+    def _eval_every_fits_the_loop(self) -> RunConfig:
+        if self.eval.every > 1 and self.federation.secagg:
+            raise ValueError("eval.every: the SecAgg+ workflow evaluates every round; leave it at 1 with federation.secagg")
+        return self
+
+    @model_validator(mode="after")
+    def _defense_partitions_exist(self) -> RunConfig:
+        n = self.federation.num_clients
+        for i, params in enumerate(self.defenses):
+            if params.partitions is not None and max(params.partitions) >= n:
+                raise ValueError(f"defenses[{i}].partitions: indices must be < federation.num_clients ({n}), "
+                                 f"got {sorted(params.partitions)}")
+        return self
 
     @model_validator(mode="after")
     def _secagg_fits_the_federation(self) -> RunConfig:

@@ -72,6 +72,8 @@ def _strip_none(tree: Any) -> Any:
     """TOML has no null: drop unset optional keys (they re-load as their default)."""
     if isinstance(tree, dict):
         return {k: _strip_none(v) for k, v in tree.items() if v is not None}
+    if isinstance(tree, list):
+        return [_strip_none(v) for v in tree]
     return tree
 
 

@@ -26,6 +26,7 @@ from server.rounds import (
     TrainingResult,
     check_node_ids,
     elapsed,
+    evaluated_in,
     mean_eval,
     mean_train_loss,
     sample_clients,
@@ -96,7 +97,7 @@ def run_rounds(config: RunConfig, grid: Grid, strategy: RoundStrategy, run_dir: 
             strategy.aggregate_train(RoundUpdate(rnd, replies_mean(replies) if total else {}, total, tuple(sampled),
                                                  fed.protocol))
             eval_start = time.perf_counter()
-            eval_loss, eval_acc = _evaluate(grid, strategy, nodes, rnd)
+            eval_loss, eval_acc = _evaluate(grid, strategy, nodes, rnd) if evaluated_in(config, rnd) else (None, None)
             eval_s = elapsed(eval_start)
             log.record(RoundStats(
                 round=rnd,
@@ -108,5 +109,5 @@ def run_rounds(config: RunConfig, grid: Grid, strategy: RoundStrategy, run_dir: 
                 client_compute_s=sum(float(r.content[METRICS][COMPUTE_S]) for r in replies),
                 eval_s=eval_s,
             ))
-            progress.update(bar, advance=1, description=f"acc {eval_acc:.2%}")
+            progress.update(bar, advance=1, description=f"acc {eval_acc:.2%}" if eval_acc is not None else "")
     return log.finish(strategy.global_state())

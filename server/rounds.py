@@ -36,8 +36,8 @@ class RoundStats:
     round: int
     clients: int
     train_loss: float
-    eval_loss: float
-    eval_acc: float
+    eval_loss: float | None  # None: not evaluated this round (eval.every)
+    eval_acc: float | None
     wall_s: float
     client_compute_s: float
     eval_s: float = 0.0
@@ -99,16 +99,21 @@ class RoundLog:
         if self.run_dir is not None:
             with (self.run_dir / METRICS_JSONL).open("a") as fh:
                 fh.write(json.dumps(stats.as_dict()) + "\n")
-        self.console.print(
-            f"round {stats.round:>3}/{self.rounds}  accuracy {stats.eval_acc:6.2%}"
-            f"  test loss {stats.eval_loss:.4f}  train loss {stats.train_loss:.4f}  {stats.wall_s:5.2f} s"
-        )
+        evaluated = (f"accuracy {stats.eval_acc:6.2%}  test loss {stats.eval_loss:.4f}" if stats.eval_acc is not None
+                     else f"accuracy {'-':>6}  test loss {'-':>6}")
+        self.console.print(f"round {stats.round:>3}/{self.rounds}  {evaluated}  train loss {stats.train_loss:.4f}  "
+                           f"{stats.wall_s:5.2f} s")
 
     def finish(self, state: dict[str, torch.Tensor]) -> TrainingResult:
         self.result.final_state = {k: v.clone() for k, v in state.items()}
         if self.run_dir is not None:
             save_file({k: v.contiguous() for k, v in self.result.final_state.items()}, str(self.run_dir / FINAL_WEIGHTS))
         return self.result
+
+
+def evaluated_in(config: RunConfig, rnd: int) -> bool:
+    """Whether round ``rnd`` evaluates the global model: every ``eval.every``-th round, and always the last."""
+    return rnd % config.eval.every == 0 or rnd == config.federation.rounds
 
 
 def elapsed(start: float) -> float:

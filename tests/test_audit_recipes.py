@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -254,6 +255,26 @@ def test_audit_keeps_the_app_log_and_shows_round_metrics(sgd_batch1: Path, tmp_p
     _audit(tmp_path / "runs", SGD_APP, 1)
     out = capsys.readouterr().out
     assert "round 1 train: 4 replies; mean" in out and "train_loss" in out and APP_LOG in out
+
+
+def test_report_on_an_audit_shows_its_attacks_and_the_apps_own_curve(sgd_batch1: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "audit"  # the audit as it ran, before the other tests attacked it
+    shutil.copytree(sgd_batch1, run_dir, ignore=shutil.ignore_patterns("attacks", "attacks.log", "report*"))
+    assert main(["report", str(run_dir)]) == 0
+    assert "No attack has been run on this run's traffic" in capsys.readouterr().out
+    m = _attack(run_dir, *sgd_stated(1), *SGD_DATA, "--set", "threat.num_images=1", "--set", "attack.iterations=100",
+                "--set", "attack.restarts=1")
+    capsys.readouterr()
+    assert main(["report", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "of 1 attacked update leaked recognisable images" in out and "report: " in out
+    page = (run_dir / "report.html").read_text()
+    partition0 = json.loads((run_dir / "simulation.json").read_text())["partition_of_node"]
+    node = next(int(n) for n, p in partition0.items() if p == 0)
+    assert f"Attack: round 1, client {node} (partition 0)" in page and m["verdict"] + " (" in page
+    assert "audited app" in page and "recipe error" in page and 'id="training"' in page
+    assert "No round metrics" not in page  # the clients' reported train loss is the curve
 
 
 def _update_of(run_dir: Path) -> dict[str, np.ndarray]:

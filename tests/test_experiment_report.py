@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,9 +11,9 @@ import pytest
 from experiments.cost_model import PAPER_DEVICE, PAPER_TABLE3, cost_hours
 from experiments.label_histogram import distinct_label_stats
 from experiments.runner import report_experiment, run_experiment
+from tests.browser import chromium, needs_chromium
 
 PAPER_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "paper" / "cost_model_gpu_hours.csv"
-CHROMIUM = "/usr/bin/chromium"
 HIST_SETTINGS = ["batch_sizes=[2,4,8,16]", "batches=300"]
 COST_SETTINGS = ["timing.batch_size=2", "timing.iterations=2", 'model={name="convnet",options={width=8}}']
 
@@ -139,25 +137,17 @@ def test_report_html_written_and_regenerated(runs) -> None:
     assert "<td>46,579.01</td>" in (cost.out_dir / "report.html").read_text()
 
 
-def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-           f"--user-data-dir={profile}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-
-@pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None,
-                    reason="headless Chromium not installed (/usr/bin/chromium; Debian: apt-get install chromium)")
+@needs_chromium
 def test_report_html_renders_in_headless_chromium(runs, tmp_path: Path) -> None:
     _hist, cost = runs
     url = (cost.out_dir / "report.html").resolve().as_uri()
-    done = _chromium("--dump-dom", url, profile=tmp_path / "profile-dom")
+    done = chromium("--dump-dom", url, profile=tmp_path / "profile-dom")
     assert done.returncode == 0, done.stderr[-2000:]
     dom = done.stdout
     assert "<table>" in dom and "<td>934.48</td>" in dom and "<td>4,215,524.32</td>" in dom
     assert re.search(r'<img[^>]+src="data:image/png;base64,', dom)
     shot = tmp_path / "report.png"
-    done = _chromium(f"--screenshot={shot}", "--window-size=1200,1600", "--hide-scrollbars", url, profile=tmp_path / "profile-shot")
+    done = chromium(f"--screenshot={shot}", "--window-size=1200,1600", "--hide-scrollbars", url, profile=tmp_path / "profile-shot")
     assert done.returncode == 0, done.stderr[-2000:]
     assert shot.is_file() and shot.stat().st_size > 10_000
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -28,18 +28,28 @@ class Eavesdropper:
     """Taps the links of a few clients (both directions or one) and attacks their updates.
 
     It does not know node ids in advance: it taps the first ``links`` client links it
-    sees carrying traffic (or the explicit node ids in ``nodes``).
+    sees carrying traffic, or the explicit node ids in ``nodes``, or the links of the
+    simulated clients ``partitions`` (where the simulation puts the wiretap; the role
+    itself only learns their node ids).
     """
 
     name = "eavesdropper"
 
-    def __init__(self, *, links: int = 1, nodes: list[int] | None = None, directions: list[str] | None = None,
-                 rounds: list[int] | None = None, context: RoleContext) -> None:
+    def __init__(self, *, links: int = 1, nodes: list[int] | None = None, partitions: list[int] | None = None,
+                 directions: list[str] | None = None, rounds: list[int] | None = None, context: RoleContext) -> None:
         if links < 1:
             raise RoleError(f"adversary.options.links: must be >= 1, got {links}")
+        if nodes and partitions:
+            raise RoleError("adversary.options: give nodes or partitions, not both")
         self.links, self.rounds = links, list(rounds or [])
         self.tapped: list[int] = [int(n) for n in nodes or []]
-        self.fixed = bool(nodes)
+        if partitions:
+            missing = sorted(set(partitions) - set(context.node_of_partition))
+            if missing:
+                raise RoleError(f"adversary.options.partitions: no client with partition {missing[0]} "
+                                f"(have {sorted(context.node_of_partition)})")
+            self.tapped = [int(context.node_of_partition[p]) for p in partitions]
+        self.fixed = bool(self.tapped)
         self.directions = set(directions or ["up", "down"])
         if not self.directions <= {"up", "down"}:
             raise RoleError(f"adversary.options.directions: choose from up, down; got {sorted(self.directions)}")

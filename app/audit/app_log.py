@@ -20,9 +20,8 @@ import io
 import logging
 import random
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,22 +30,6 @@ APP_LOG = "app.log"
 _FLWR = logging.getLogger("flwr")
 _lock = threading.Lock()
 _tags = threading.local()
-
-
-def round_metrics(messages: list[Any]) -> list[tuple[int, str, int, dict[str, float]]]:
-    """The app's own round metrics as its clients reported them in the traffic (replies' metric records):
-    per round and message type, the number of replies and the mean of each numeric metric."""
-    rows: dict[tuple[int, str], list[Mapping[str, Any]]] = {}
-    for m in messages:
-        if m.direction == "up" and m.round is not None and not m.error:
-            # legacy replies name metrics by record (``fitres.metrics/train_loss``): show the metric's own name
-            rows.setdefault((m.round, m.message_type), []).append({k.rsplit("/", 1)[-1]: v for k, v in m.metrics.items()})
-    out = []
-    for (rnd, kind), metrics in sorted(rows.items()):
-        keys = sorted({k for mm in metrics for k, v in mm.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        means = {k: float(np.mean([mm[k] for mm in metrics if k in mm])) for k in keys}
-        out.append((rnd, kind, len(metrics), means))
-    return out
 
 
 def seed_everything(seed: int) -> None:

@@ -168,8 +168,14 @@ class Defenses:
     def names(self) -> list[str]:
         return [e.params.name for e in self.entries]
 
+    def for_partition(self, partition: int) -> Defenses:
+        """The defenses this client applies (a defense's ``partitions`` may name only some clients)."""
+        return Defenses([e for e in self.entries if e.params.applies_to(partition)])
+
     def for_round(self, *, seed: int, round: int, partition: int) -> RoundDefenses:
-        return RoundDefenses(self, {e.position: generator_for(seed, round, partition, e.position) for e in self.entries})
+        """This client's defenses for one round; each keeps its position's generator whichever others apply."""
+        mine = self.for_partition(partition)
+        return RoundDefenses(mine, {e.position: generator_for(seed, round, partition, e.position) for e in mine.entries})
 
 
 def build_defenses(config: RunConfig, *, input_shape: tuple[int, int, int], num_classes: int, model: nn.Module) -> Defenses:
