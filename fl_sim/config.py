@@ -267,7 +267,7 @@ class DefenseParams(_Section):
         """'gradprune p=0.99': the name and the settings that differ from their defaults."""
         fields = type(self).model_fields
         changed = [f"{k}={v}" for k, v in self.model_dump(exclude={"name", "partitions"}).items()
-                   if fields[k].is_required() or v != fields[k].default]
+                   if fields[k].is_required() or v != fields[k].get_default(call_default_factory=True)]
         return " ".join([self.name, *changed])
 
 

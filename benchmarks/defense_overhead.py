@@ -1,0 +1,82 @@
+"""Defense overhead: a client round with each defense over one without, side by side in one process.
+
+For each defense (the smoke Table 2's set, plus DP and vetting, or those named with --defense), the
+same client round (model, batch size, local steps) runs alternately with and without it after a
+warm-up (clients.overhead); the median ratio over the pairs is printed with its interquartile
+spread and the seconds per round. Run it twice on a loaded machine to see the figures hold.
+
+    .venv/bin/python benchmarks/defense_overhead.py [--model convnet] [--data mnist-5k] [--batch-size 32]
+        [--local-steps 25] [--pairs 9] [--defense '{name="gradprune",p=0.9}' ...] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import app  # noqa: F401  (the app layer's start-up: the network guard)
+import clients.defenses  # noqa: F401  (registers the defenses)
+from clients.overhead import measure_overhead
+from fl_sim.config import ConfigError, load_config
+
+DEFAULT_DEFENSES = [
+    '{name="gradprune",p=0.5}', '{name="gradprune",p=0.9}', '{name="gradprune",p=0.99}', '{name="mixup",k=4}',
+    '{name="instahide",k=4}', '{name="instahide",k=4,variant="inter",public="PUBLIC"}', '{name="dp",noise_multiplier=1.0,clip=1.0}',
+    '{name="vetting"}', '[{name="mixup",k=4},{name="gradprune",p=0.9}]', '[{name="instahide",k=4},{name="gradprune",p=0.9}]',
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="convnet")
+    parser.add_argument("--data", default="mnist-5k")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--local-steps", type=int, default=25)
+    parser.add_argument("--pairs", type=int, default=9)
+    parser.add_argument("--defense", action="append", help="a defense table, or a list of them (a stack); repeatable")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    console = Console(width=200)
+    rows = []
+    public = "cifar100-sample" if args.data.startswith(("cifar", "imagenet")) else "fashion-mnist-sample"
+    for spec in args.defense or [d.replace("PUBLIC", public) for d in DEFAULT_DEFENSES]:
+        stack = spec if spec.startswith("[") else f"[{spec}]"
+        try:
+            norm = ["model.norm=group"] if args.model == "resnet18" else []  # DP-SGD needs per-example gradients: no BN
+            config = load_config(None, [f"data.name={args.data}", f"model.name={args.model}", *norm,
+                                        "federation.protocol=fedavg", f"federation.batch_size={args.batch_size}",
+                                        f"federation.local_steps={args.local_steps}", "engine.name=inline",
+                                        f"defenses={stack}"])
+            measured = measure_overhead(config, pairs=args.pairs)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        label = " + ".join(d.label() for d in config.defenses)
+        rows.append({"defense": label, **measured.as_dict()})
+        console.print(f"{label}: {measured.ratio:.2f}x", highlight=False)
+    table = Table(title=f"defense overhead per client round ({args.model}, {args.data}, batch {args.batch_size}, "
+                        f"{args.local_steps} local steps, median of {args.pairs} ABAB pairs, 1 torch thread; {platform.machine()}, "
+                        f"{os.cpu_count()} cores, torch {torch.__version__})")
+    for col in ("defense", "overhead (x, CPU)", "IQR of pair ratios", "wall ratio", "defended CPU s", "plain CPU s",
+                "examples defended/plain"):
+        table.add_column(col, justify="left" if col == "defense" else "right")
+    for r in rows:
+        table.add_row(r["defense"], f"{r['ratio']:.2f}", f"{r['spread']:.2f}", f"{r['wall_ratio']:.2f}", f"{r['defended_s']:.3f}",
+                      f"{r['plain_s']:.3f}",
+                      f"{r['examples_defended']}/{r['examples_plain']}")
+    console.print(table)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
