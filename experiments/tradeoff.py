@@ -45,7 +45,7 @@ ENCODERS = ("mixup", "instahide")
 OVERHEAD_PAIRS = 7
 TIME_ROW = "Training time (x, side by side)"
 TIME_NOTE = ("Training time: a client round (the utility run's model, batch and local steps) with the defenses over one "
-             f"without, run alternately in one process after a warm-up, median of {OVERHEAD_PAIRS} pairs "
+             f"without, in CPU seconds on one torch thread, run alternately in one process after a warm-up, median of {OVERHEAD_PAIRS} pairs "
              "(clients.overhead); \u2013 where no defense is measured. The FL runs' own wall clocks, one run each, "
              "are in the cells (wall_s) and measure the machine's load as much as the defense.")
 
