@@ -257,6 +257,12 @@ def test_a_defense_applies_only_to_its_partitions() -> None:
     assert [d.label() for d in config.defenses] == ["dp noise_multiplier=0.5", "gradprune p=0.9"]
 
 
+def test_eval_every_below_one_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--set", "eval.every=0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: eval.every") and err.count("\n") == 1, err
+
+
 def test_eval_every_is_refused_with_secagg() -> None:
     with pytest.raises(ConfigError, match="eval.every: the SecAgg"):
         load_config(DEMO_CONFIG, ["eval.every=5", "federation.secagg=true", "federation.protocol=fedavg",

@@ -18,8 +18,9 @@ __all__ = ["ReportError", "RunFacts", "read_run", "report_run", "summary_lines",
 def report_run(run_dir: str | Path) -> tuple[Path, list[str]]:
     """Write the run's report; returns its path and the summary sentences at its top."""
     facts = read_run(run_dir)
+    lines = summary_lines(facts)
     try:
-        path = write_run_report(facts)
+        path = write_run_report(facts, lines)
     except OSError as exc:
         raise ReportError(f"RUN_DIR: cannot write the report into {facts.run_dir} ({exc.strerror or type(exc).__name__})") from None
-    return path, summary_lines(facts)
+    return path, lines

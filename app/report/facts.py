@@ -214,17 +214,17 @@ def read_run(run_dir: str | Path) -> RunFacts:
         kind, partition_of = "simulation", partition_of_node(config)
         rounds = _simulation_rounds(path, notes)
     jobs = _jobs(path, notes)
-    describe = client_namer(partition_of, defense_labels(config) if config is not None else None)
-    return RunFacts(
+    facts = RunFacts(
         run_dir=path,
         kind=kind,
         resolved=resolved,
         config=config,
         rounds=rounds,
         traffic=traffic_by_round(messages) if messages is not None else None,
-        attacks=_attacks(path, jobs, describe, notes),
         unfinished=[j for j in jobs if j.state in ("pending", "running")],
         failed=[j for j in jobs if j.state == "failed"],
         partition_of=partition_of,
         notes=notes,
     )
+    facts.attacks = _attacks(path, jobs, facts.describe, notes)
+    return facts

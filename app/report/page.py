@@ -153,8 +153,9 @@ def _jobs_section(facts: RunFacts) -> Section | None:
                                                                  ["job", "state", "round", "client", "note"], rows)])
 
 
-def write_run_report(facts: RunFacts) -> Path:
-    """``RUN_DIR/report.html`` (charts also as PNGs in ``RUN_DIR/report/``); returns the page's path."""
+def write_run_report(facts: RunFacts, summary: list[str] | None = None) -> Path:
+    """``RUN_DIR/report.html`` (charts also as PNGs in ``RUN_DIR/report/``) under ``summary`` (default: the
+    facts' :func:`summary_lines`); returns the page's path."""
     figures_dir = facts.run_dir / FIGURES_DIR
     figures_dir.mkdir(exist_ok=True)
     sections = []
@@ -183,4 +184,4 @@ def write_run_report(facts: RunFacts) -> Path:
         sections.append(Section("notes", "What could not be read", facts.notes))
     title = f"Privacy report: {facts.run_dir.name}"
     return write_html_report(facts.run_dir, title, [], [], settings=facts.resolved, sections=sections,
-                             lead=summary_lines(facts))
+                             lead=summary if summary is not None else summary_lines(facts))
