@@ -22,6 +22,7 @@ one that carries the global model and whose reply carries the masked vectors.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
-from clients.runtime import client_runtime
+from clients.runtime import ClientRuntime, client_runtime
 from fl_sim.config import RunConfig
 from fl_sim.models.server_defined import ARCHITECTURE_KEY, apply_architecture, inserted_keys
 from fl_sim.wire import ARRAYS, BUFFERS, EVAL_ACC, EVAL_LOSS, METRICS, NUM_EXAMPLES, SERVER_ROUND
@@ -58,8 +59,9 @@ def _scalar(value: object) -> int | float | str | bool:
 class SecAggClient(NumPyClient):
     """Legacy view of :class:`clients.runtime.ClientRuntime` for one node."""
 
-    def __init__(self, config: RunConfig, run_dir: Path | None, context: Context) -> None:
-        self.runtime = client_runtime(config, run_dir)
+    def __init__(self, runtime: ClientRuntime, context: Context) -> None:
+        config = runtime.config
+        self.runtime = runtime
         self.clipping_range = float(config.secagg.clipping_range)
         self.max_weight = config.secagg_max_weight
         self.node_context = context
@@ -110,11 +112,18 @@ class SecAggClient(NumPyClient):
         return float(loss), n, {EVAL_LOSS: float(loss), EVAL_ACC: float(acc)}
 
 
-def make_secagg_client_app(config: RunConfig, run_dir: str | Path | None) -> ClientApp:
-    """A legacy ClientApp (client_fn + NumPyClient) wrapped in Flower's ``secaggplus_mod``."""
-    run_path = Path(run_dir).resolve() if run_dir is not None else None
+def legacy_client_app(runtime: Callable[[], ClientRuntime], *, secure: bool = True) -> ClientApp:
+    """A legacy ClientApp (client_fn + NumPyClient) over ``runtime()``, wrapped in Flower's
+    ``secaggplus_mod`` unless ``secure`` is false (the same app without the protocol, which
+    :mod:`clients.overhead` compares it with)."""
 
     def client_fn(context: Context) -> Client:
-        return SecAggClient(config, run_path, context).to_client()
+        return SecAggClient(runtime(), context).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[instruction_id_mod, secaggplus_mod])
+    return ClientApp(client_fn=client_fn, mods=[instruction_id_mod, *([secaggplus_mod] if secure else [])])
+
+
+def make_secagg_client_app(config: RunConfig, run_dir: str | Path | None) -> ClientApp:
+    """The SecAgg+ ClientApp of a run: this process's runtime behind ``secaggplus_mod``."""
+    run_path = Path(run_dir).resolve() if run_dir is not None else None
+    return legacy_client_app(lambda: client_runtime(config, run_path))

@@ -46,7 +46,8 @@ OVERHEAD_PAIRS = 7
 TIME_ROW = "Training time (x, side by side)"
 TIME_NOTE = ("Training time: a client round (the utility run's model, batch and local steps) with the defenses over one "
              f"without, in CPU seconds on one torch thread, run alternately in one process after a warm-up, median of {OVERHEAD_PAIRS} pairs "
-             "(clients.overhead); \u2013 where no defense is measured. The FL runs' own wall clocks, one run each, "
+             "(clients.overhead); SecAgg+'s is the client's whole protocol round (keys, shares, masks, training) over the same "
+             "legacy client without it; \u2013 where nothing is measured. The FL runs' own wall clocks, one run each, "
              "are in the cells (wall_s) and measure the machine's load as much as the defense.")
 
 
@@ -211,8 +212,6 @@ class TradeoffExperiment:
                 if measured and measured.get("examples_defended") != measured.get("examples_plain"):
                     table.notes.append(f"{lab}: {measured['examples_defended']} examples behind a defended update, "
                                        f"{measured['examples_plain']} behind a plain one.")
-                if u.get("time_note"):
-                    table.notes.append(f"{lab}: time \u2013, {u['time_note']}.")
             table.notes.append("LPIPS (AlexNet) after one-to-one matching; lower means more leakage.")
             table.notes.append(
                 f"Attack: {settings['attack']['preset']}, {settings['attack']['iterations']} iterations, "
@@ -287,10 +286,8 @@ def _run_utility(params: dict[str, Any], workdir: Path, ctx: CellContext) -> dic
 
 
 def _overhead(cfg: RunConfig, params: dict[str, Any]) -> dict[str, Any]:
-    """The defenses' cost per client round, measured side by side with none (:mod:`clients.overhead`)."""
-    if cfg.federation.secagg:
-        return {"time_ratio": None, "time_note": "SecAgg+'s client-side cost is not part of the side-by-side measurement"}
-    if not cfg.defenses:
+    """The defenses' and SecAgg+'s cost per client round, measured side by side with neither (:mod:`clients.overhead`)."""
+    if not cfg.defenses and not cfg.federation.secagg:
         return {"time_ratio": 1.0 if not params["stack"] and not _scenario(params) else None}
     measured = measure_overhead(cfg, pairs=params.get("overhead_pairs", OVERHEAD_PAIRS))
     return {"time_ratio": measured.ratio, "overhead": measured.as_dict()}

@@ -243,6 +243,7 @@ def test_secagg_on_the_ray_engine(tmp_path: Path) -> None:
 def test_secagg_client_warns_when_its_update_is_clipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from flwr.app import Context, RecordDict
 
+    from clients.runtime import ClientRuntime
     from clients.secagg import SecAggClient
 
     cfg = tiny_config(tmp_path, "federation.secagg=true", "federation.protocol=fedsgd", "secagg.clipping_range=1e-6")
@@ -250,7 +251,7 @@ def test_secagg_client_warns_when_its_update_is_clipped(tmp_path: Path, caplog: 
     model = task.new_model()
     keys = task.shared_keys(model)
     context = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 3}, state=RecordDict(), run_config={})
-    client = SecAggClient(cfg, None, context)
+    client = SecAggClient(ClientRuntime(cfg, None), context)
     arrays, num_examples, metrics = client.fit([model.state_dict()[k].numpy() for k in keys], {"server-round": 1})
     assert num_examples == 8 and metrics["num-examples"] == 8 and len(arrays) == len(keys)
     assert [a.shape for a in arrays] == [tuple(model.state_dict()[k].shape) for k in keys]
