@@ -2,7 +2,9 @@
 
 Lives in ``RUN_DIR/adversary/jobs.sqlite`` (WAL). Jobs still ``pending`` or
 ``running`` when the simulation (and Ray) shut down stay in the book and are
-picked up by ``fl-sim attack --resume RUN_DIR``.
+picked up by ``fl-sim attack --resume RUN_DIR``. A job's outputs are read back
+as ``RUN_DIR/attacks/NAME`` from the plain folder name the book records, never
+from a path written in it (a shared book may have been edited).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adversary.outputs import ATTACKS_DIR
 from adversary.roles.base import AttackTarget
+from fl_sim.safe_paths import is_plain_name
 from fl_sim.sqlite_util import open_shared
 
 JOBS_DB = "adversary/jobs.sqlite"
@@ -57,6 +61,7 @@ class Job:
 
 class JobBook:
     def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
         path = Path(run_dir) / JOBS_DB
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = open_shared(path, _SCHEMA)
@@ -100,9 +105,14 @@ class JobBook:
             ).fetchall()
         out = []
         for jid, role, target, preset, overrides, threat, state, attempts, out_dir, metrics, error in rows:
-            out.append(Job(jid, role, AttackTarget.from_json(json.loads(target)), preset, json.loads(overrides), json.loads(threat), state, attempts, out_dir,
-                           json.loads(metrics) if metrics else None, error))
+            out.append(Job(jid, role, AttackTarget.from_json(json.loads(target)), preset, json.loads(overrides), json.loads(threat), state, attempts,
+                           self._outputs(out_dir), json.loads(metrics) if metrics else None, error))
         return out
+
+    def _outputs(self, recorded: object) -> str | None:
+        """``RUN_DIR/attacks/NAME`` for the folder name the book records (None if it is not a plain name)."""
+        name = Path(recorded).name if isinstance(recorded, str) else None
+        return str(self.run_dir / ATTACKS_DIR / name) if is_plain_name(name) else None
 
     def close(self) -> None:
         self._conn.close()

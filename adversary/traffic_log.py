@@ -8,12 +8,18 @@ Layout inside a run directory::
 A message's tensor file is written and renamed into place before its index row is
 committed, so a process killed at any instant leaves a log in which every
 committed message is complete. Tensors are stored as safetensors, never pickle.
+
+A log may come from someone else: the reader follows no path the index names
+beyond a plain ``tensors/NNNNNNN.safetensors`` (no ``..``, no absolute path, no
+link), and a damaged index or tensor file is one "corrupted log" line, never a
+traceback. A log on a folder it cannot write (a read-only mount) opens immutable.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -26,10 +32,13 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
+from fl_sim.safe_paths import file_inside
+
 TRAFFIC_DIR = "traffic"
 INDEX_DB = "index.sqlite"
 TENSOR_DIR = "tensors"
 DIRECTIONS = ("down", "up")
+TENSOR_FILE = re.compile(r"tensors/[0-9]{7,12}\.safetensors")  # what the writer names, and all a reader follows
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -206,12 +215,34 @@ def _l2(array: np.ndarray) -> float:
     return 0.0
 
 
+class _Checked(sqlite3.Connection):
+    """A read-only connection whose damaged database is a TrafficLogError (one line), not a traceback."""
+
+    def execute(self, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
+        try:
+            return super().execute(*args)
+        except sqlite3.DatabaseError as exc:
+            raise TrafficLogError(f"RUN_DIR: corrupted traffic log ({INDEX_DB}: {exc})") from None
+
+
+def _read_only(index: Path) -> sqlite3.Connection:
+    """``mode=ro``; ``immutable=1`` too where the folder is not writable (SQLite could not make its WAL index)."""
+    immutable = "&immutable=1" if not os.access(index.parent, os.W_OK) else ""
+    try:
+        conn = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro{immutable}", uri=True, timeout=30.0, factory=_Checked)
+    except sqlite3.Error as exc:
+        raise TrafficLogError(f"RUN_DIR: cannot open the traffic log {index} ({exc})") from None
+    conn.execute("SELECT id, tensor_file FROM messages LIMIT 1")  # schema present, header sane
+    conn.execute("SELECT message, name, shape, dtype, l2 FROM tensors LIMIT 1")
+    return conn
+
+
 class TrafficLog:
     """Read-only queries over a run's traffic log."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._conn = sqlite3.connect(f"file:{root / INDEX_DB}?mode=ro", uri=True, timeout=30.0)
+        self._conn = _read_only(root / INDEX_DB)
 
     @classmethod
     def open(cls, run_dir: str | Path) -> TrafficLog:
@@ -219,6 +250,15 @@ class TrafficLog:
         if not (root / INDEX_DB).is_file():
             raise TrafficLogError(f"RUN_DIR: no traffic log at {root / INDEX_DB}")
         return cls(root)
+
+    def _tensor_path(self, msg_id: int, file: object) -> Path:
+        """The message's tensor file, if the index names one the writer would have named; inside ``tensors/``."""
+        path = file_inside(self.root, file, TENSOR_FILE)
+        if path is None:
+            plain = isinstance(file, str) and TENSOR_FILE.fullmatch(file) is not None
+            why = "is missing or a link" if plain else "is not of the form tensors/NNNNNNN.safetensors"
+            raise TrafficLogError(f"RUN_DIR: corrupted traffic log (message {msg_id}'s tensor file {file!r} {why})")
+        return path
 
     def close(self) -> None:
         self._conn.close()
@@ -268,9 +308,18 @@ class TrafficLog:
         """The message's tensors as numpy arrays, names ``record/key``; optional record prefix."""
         info = self.message(msg_id)
         file = self._conn.execute("SELECT tensor_file FROM messages WHERE id = ?", (msg_id,)).fetchone()[0]
-        if not info.tensors or file is None:
+        if not info.tensors and file is None:
             return {}
-        arrays = load_file(str(self.root / file))
+        path = self._tensor_path(msg_id, file)
+        try:
+            arrays = load_file(str(path))
+        except Exception as exc:  # safetensors reports a damaged file as several error types
+            raise TrafficLogError(f"RUN_DIR: corrupted traffic log (message {msg_id}'s tensor file {file}: "
+                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        listed = {t.name: t for t in info.tensors}
+        if set(arrays) != set(listed) or any(list(a.shape) != list(listed[k].shape) for k, a in arrays.items()):
+            raise TrafficLogError(f"RUN_DIR: corrupted traffic log (message {msg_id}'s tensor file {file} does not "
+                                  "hold the tensors its index lists)")
         if prefix is not None:
             head = prefix.rstrip("/") + "/"
             arrays = {k[len(head):]: v for k, v in arrays.items() if k.startswith(head)}
@@ -313,20 +362,28 @@ class TrafficLog:
         return int(self._conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
 
     def _info(self, row: tuple) -> MessageInfo:
-        (mid, rnd, direction, src, dst, mtype, fid, reply_to, group, nbytes, sha, created, logged,
-         metrics, config, error, _file) = row
-        tensors = tuple(
-            TensorInfo(name, tuple(json.loads(shape)), dtype, l2)
-            for name, shape, dtype, l2 in self._conn.execute(
-                "SELECT name, shape, dtype, l2 FROM tensors WHERE message = ? ORDER BY rowid", (mid,)
+        try:
+            (mid, rnd, direction, src, dst, mtype, fid, reply_to, group, nbytes, sha, created, logged,
+             metrics, config, error, _file) = row
+            tensors = tuple(
+                TensorInfo(str(name), tuple(int(n) for n in json.loads(shape)), str(dtype), float(l2))
+                for name, shape, dtype, l2 in self._conn.execute(
+                    "SELECT name, shape, dtype, l2 FROM tensors WHERE message = ? ORDER BY rowid", (mid,)
+                )
             )
-        )
-        return MessageInfo(
-            id=mid, round=rnd, direction=direction, src_node=int(src), dst_node=int(dst),
-            message_type=mtype, flower_id=fid, reply_to=reply_to, group_id=group, num_bytes=nbytes, sha256=sha,
-            created_at=created, logged_at=logged, metrics=json.loads(metrics), config=json.loads(config),
-            error=error, tensors=tensors,
-        )
+            info = MessageInfo(
+                id=mid, round=rnd, direction=direction, src_node=int(src), dst_node=int(dst),
+                message_type=mtype, flower_id=fid, reply_to=reply_to, group_id=group, num_bytes=nbytes, sha256=sha,
+                created_at=created, logged_at=logged, metrics=json.loads(metrics), config=json.loads(config),
+                error=error, tensors=tensors,
+            )
+        except TrafficLogError:
+            raise
+        except (ValueError, TypeError) as exc:  # a row the writer never wrote
+            raise TrafficLogError(f"RUN_DIR: corrupted traffic log (message row {row[0] if row else '?'}: {exc})") from None
+        if not isinstance(info.metrics, dict) or not isinstance(info.config, dict):
+            raise TrafficLogError(f"RUN_DIR: corrupted traffic log (message {mid}'s metrics or config is not a table)")
+        return info
 
 
 class TrafficView:

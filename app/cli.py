@@ -37,6 +37,7 @@ from experiments.tables import to_markdown
 from fl_sim.config import AdversaryConfig, ConfigError, apply_override, load_config
 from fl_sim.data import DataError
 from fl_sim.deployment import DeploymentCardError
+from fl_sim.ground_truth import GroundTruthError
 from fl_sim.models import ModelError
 from fl_sim.rundir import read_summary
 from fl_sim.threat import ThreatModelError
@@ -88,13 +89,6 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> None:
     _write_report(console, Path(args.run_dir))
 
 
-def _open_log(run_dir: str) -> TrafficLog:
-    try:
-        return TrafficLog.open(run_dir)
-    except TrafficLogError as exc:
-        raise UserError(str(exc)) from None
-
-
 def _short_metrics(metrics: dict) -> str:
     parts = []
     for key, value in metrics.items():
@@ -104,7 +98,7 @@ def _short_metrics(metrics: dict) -> str:
 
 
 def _cmd_traffic_list(args: argparse.Namespace, console: Console) -> None:
-    with _open_log(args.run_dir) as log:
+    with TrafficLog.open(args.run_dir) as log:
         msgs = log.messages(round=args.round, client=args.client, direction=args.direction)
     table = Table(title=f"{len(msgs)} intercepted messages")
     for col in ("id", "round", "dir", "client node", "type", "tensors", "bytes", "metrics"):
@@ -119,11 +113,9 @@ def _cmd_traffic_list(args: argparse.Namespace, console: Console) -> None:
 
 
 def _cmd_traffic_show(args: argparse.Namespace, console: Console) -> None:
-    with _open_log(args.run_dir) as log:
-        try:
-            m = log.message(args.msg_id)
-        except TrafficLogError as exc:
-            raise UserError(str(exc)) from None
+    with TrafficLog.open(args.run_dir) as log:
+        m = log.message(args.msg_id)
+        arrays = log.arrays(args.msg_id)  # a damaged or missing tensor file is said here, not at export time
     console.print(f"[bold]message {m.id}[/bold]  round {m.round}  {m.direction}  {m.message_type}")
     console.print(f"from node {m.src_node} to node {m.dst_node}; {m.num_bytes:,} bytes; sha256 {m.sha256}")
     if m.reply_to:
@@ -139,14 +131,13 @@ def _cmd_traffic_show(args: argparse.Namespace, console: Console) -> None:
     for t in m.tensors:
         table.add_row(t.name, "x".join(map(str, t.shape)) or "scalar", t.dtype, f"{t.l2:.6g}")
     console.print(table)
+    if arrays:
+        console.print(f"tensor file: {len(arrays)} tensors, read and checked against the index", highlight=False)
 
 
 def _cmd_traffic_export(args: argparse.Namespace, console: Console) -> None:
-    with _open_log(args.run_dir) as log:
-        try:
-            out = log.export(args.msg_id, args.out)
-        except TrafficLogError as exc:
-            raise UserError(str(exc)) from None
+    with TrafficLog.open(args.run_dir) as log:
+        out = log.export(args.msg_id, args.out)
     console.print(f"wrote {out}")
 
 
@@ -239,7 +230,7 @@ def _attack_overrides(assignments: list[str]) -> tuple[dict, dict]:
 
 
 def _attack_targets(args: argparse.Namespace) -> list[int]:
-    with _open_log(args.run_dir) as log:
+    with TrafficLog.open(args.run_dir) as log:
         if args.msg is not None:
             return [args.msg]
         if args.round is None:
@@ -290,7 +281,7 @@ def _cmd_attack(args: argparse.Namespace, console: Console) -> None:
                 outcome = run_job(args.run_dir, AttackTarget("update", None, (msg_id,)), args.preset,
                                   attack_overrides=attack_overrides, threat=threat, progress=update,
                                   audit=statement, warn=warn, echo=None if terminal else sys.stderr)
-            except (AttackConfigError, ThreatModelError, GrantError, TrafficLogError, ObservationError,
+            except (AttackConfigError, ThreatModelError, GrantError, TrafficLogError, GroundTruthError, ObservationError,
                     DeploymentCardError, KeyError) as exc:
                 message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
                 raise UserError(str(message)) from None
@@ -475,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 160)
     try:
         args.func(args, console)
-    except (ConfigError, UserError) as exc:
+    except (ConfigError, UserError, TrafficLogError, GroundTruthError) as exc:  # each one line, naming the option or the file
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -24,10 +25,16 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from fl_sim.safe_paths import file_inside, is_plain_name
 from fl_sim.sqlite_util import open_shared
 
 GROUND_TRUTH_DIR = "ground_truth"
 _DB = "index.sqlite"
+BATCH_FILE = re.compile(r"batches/[A-Za-z0-9][A-Za-z0-9._-]{0,199}\.safetensors")  # batches/<instruction id>.safetensors
+
+
+class GroundTruthError(ValueError):
+    """A damaged sidecar (an index row or a batch file its writer did not write); one line."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, partition_id INTEGER NOT NULL);
@@ -70,6 +77,8 @@ def record_private_batch(
     Many client processes write concurrently: SQLite's lock serialises the index,
     and each reply has its own tensor file, written before its index row.
     """
+    if not is_plain_name(instruction_id):
+        raise ValueError(f"ground truth: instruction id {instruction_id!r} is not a plain name; nothing written")
     root = Path(run_dir) / GROUND_TRUTH_DIR
     (root / "batches").mkdir(parents=True, exist_ok=True)
     rel = f"batches/{instruction_id}.safetensors"
@@ -113,11 +122,14 @@ class GroundTruth:
         return cls(root)
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
-        conn = sqlite3.connect(f"file:{self.root / _DB}?mode=ro", uri=True, timeout=30.0)
         try:
-            return conn.execute(sql, args).fetchall()
-        finally:
-            conn.close()
+            conn = sqlite3.connect(f"{(self.root / _DB).resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+            try:
+                return conn.execute(sql, args).fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise GroundTruthError(f"RUN_DIR: corrupted ground-truth sidecar ({_DB}: {exc})") from None
 
     def partition_of(self, node_id: int) -> int | None:
         rows = self._query("SELECT partition_id FROM nodes WHERE node_id = ?", (str(node_id),))
@@ -132,12 +144,20 @@ class GroundTruth:
         if not rows:
             return None
         iid, node, part, rnd, num_steps, extra, rel, _created = rows[0]
-        flat = load_file(str(self.root / rel))
-        steps: list[dict[str, np.ndarray]] = [{} for _ in range(num_steps)]
-        for key, value in flat.items():
-            head, _, name = key.partition("/")
-            steps[int(head.removeprefix("step"))][name] = value
-        return PrivateBatch(iid, int(node), part, rnd, steps, json.loads(extra))
+        path = file_inside(self.root, rel, BATCH_FILE)
+        if path is None:
+            raise GroundTruthError(f"RUN_DIR: corrupted ground-truth sidecar (the batch of {instruction_id} is {rel!r}: "
+                                   "missing, a link, or not of the form batches/ID.safetensors)")
+        try:
+            flat = load_file(str(path))
+            steps: list[dict[str, np.ndarray]] = [{} for _ in range(int(num_steps))]
+            for key, value in flat.items():
+                head, _, name = key.partition("/")
+                steps[int(head.removeprefix("step"))][name] = value
+            return PrivateBatch(iid, int(node), int(part), rnd, steps, json.loads(extra))
+        except Exception as exc:  # safetensors, int() and json report damage as several error types
+            raise GroundTruthError(f"RUN_DIR: corrupted ground-truth sidecar ({rel}: {type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
     def batch_for_round(self, round: int, node_id: int) -> PrivateBatch | None:
         """The private data a node trained on in a round (one training reply per node and round)."""
