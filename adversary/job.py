@@ -77,12 +77,17 @@ def run_job(
 
     ``preset`` names the method (a malicious target names its strategy's recovery, which may fall
     back to optimising with ``preset``); ``audit`` is what the command line states about an audited
-    app; ``factory`` builds its model (else the card's factory is imported). Before the attack runs, the
+    app (given, the code the run directory names is imported only as :meth:`AuditStatement.vouch`
+    allows; None, as in the run's own adversary, the card the run wrote is used as it is); ``factory``
+    builds its model (else the card's factory is imported). Before the attack runs, the
     attacker's model of the client is replayed on the true batch where one is known (the recipe check);
     ``warn`` hears when it is wrong. Progress lines go to ``RUN_DIR/attacks.log`` and ``echo``."""
     run_dir = Path(run_dir)
     card = load_card(run_dir)
-    if audit is not None:
+    if audit is not None:  # a command line's statement: the run directory's own code refs need vouching for
+        for note in audit.vouch(card):
+            if warn is not None:
+                warn(note)
         card = audit.card(card)
         audit.check(card)
     preset = preset or (audit_preset(card.recipe.optimizer) if card.origin == "audit" else DEFAULT_PRESET)

@@ -41,6 +41,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     finished_at REAL
 );
+CREATE TABLE IF NOT EXISTS faults (
+    id INTEGER PRIMARY KEY,
+    role TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    error TEXT NOT NULL,
+    at REAL NOT NULL
+);
 """
 
 
@@ -113,6 +120,17 @@ class JobBook:
         """``RUN_DIR/attacks/NAME`` for the folder name the book records (None if it is not a plain name)."""
         name = Path(recorded).name if isinstance(recorded, str) else None
         return str(self.run_dir / ATTACKS_DIR / name) if is_plain_name(name) else None
+
+    def record_fault(self, role: str, stage: str, error: str) -> None:
+        """A role that failed (``stage``: built, observe, observe_aggregate): the run goes on without it."""
+        with self._lock, self._conn:
+            self._conn.execute("INSERT INTO faults (role, stage, error, at) VALUES (?, ?, ?, ?)", (role, stage, error, time.time()))
+
+    def faults(self) -> list[tuple[str, str, str]]:
+        """(role, stage, error) of each failure, oldest first."""
+        with self._lock:
+            return [(str(r), str(s), str(e)) for r, s, e in
+                    self._conn.execute("SELECT role, stage, error FROM faults ORDER BY id").fetchall()]
 
     def close(self) -> None:
         self._conn.close()

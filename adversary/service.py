@@ -26,15 +26,17 @@ import torch
 
 from adversary.job import run_job
 from adversary.jobs import JobBook
-from adversary.roles import Intercept, RoleContext, build_role
+from adversary.roles import AttackTarget, Intercept, Role, RoleContext, RoleError, build_role
+from adversary.statement import AuditStatement
 from adversary.traffic_log import TrafficLog, TrafficView
 from fl_sim.config import AdversaryConfig
 
 ACTOR_NAME = "fl-sim-adversary"
 
 
-def execute_job(run_dir: str, job_id: int) -> dict[str, Any]:
-    """Run one job from the book and record its outcome (in whatever process runs it)."""
+def execute_job(run_dir: str, job_id: int, audit: AuditStatement | None = None) -> dict[str, Any]:
+    """Run one job from the book and record its outcome (in whatever process runs it); ``audit``: what a
+    command line resuming the job states (the run's own adversary states nothing)."""
     if os.environ.get("FL_SIM_WORKER_THREADS"):
         torch.set_num_threads(int(os.environ["FL_SIM_WORKER_THREADS"]))
     book = JobBook(run_dir)
@@ -42,7 +44,7 @@ def execute_job(run_dir: str, job_id: int) -> dict[str, Any]:
         job = next(j for j in book.jobs() if j.id == job_id)
         book.mark(job_id, "running")
         try:
-            outcome = run_job(run_dir, job.target, job.preset, attack_overrides=job.overrides, threat=job.threat)
+            outcome = run_job(run_dir, job.target, job.preset, attack_overrides=job.overrides, threat=job.threat, audit=audit)
         except Exception as exc:  # recorded, not raised: one bad attack must not stop the others
             book.mark(job_id, "failed", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}")
             return {"job": job_id, "state": "failed"}
@@ -52,33 +54,63 @@ def execute_job(run_dir: str, job_id: int) -> dict[str, Any]:
         book.close()
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    if isinstance(exc, RoleError) and text:  # already one line naming the key
+        return text[0]
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 class AdversaryCore:
-    """The role and the job book: turns intercepts into scheduled jobs."""
+    """The role and the job book: turns intercepts into scheduled jobs.
+
+    A role that fails (its constructor, ``observe``) is recorded in the book's faults and dropped:
+    the run trains on, attacks already scheduled finish, and the run's summary names the failure."""
 
     def __init__(self, run_dir: str, config: AdversaryConfig, context: RoleContext) -> None:
         self.run_dir = run_dir
         self.config = config
-        self.role = build_role(config.role, dict(config.options), context)
         self.book = JobBook(run_dir)
         self.scheduled = 0
+        self.role: Role | None = None
+        try:
+            self.role = build_role(config.role, dict(config.options), context)
+        except Exception as exc:  # a plug-in is built only here, and may fail in any way
+            self._fail("built", exc)
+
+    def _fail(self, stage: str, exc: BaseException) -> None:
+        self.book.record_fault(self.config.role, stage, _first_line(exc))
+        self.role = None
 
     def on_intercept(self, event: Intercept) -> list[int]:
-        if self.config.max_attacks is not None and self.scheduled >= self.config.max_attacks:
+        if self.role is None or (self.config.max_attacks is not None and self.scheduled >= self.config.max_attacks):
             return []
-        with TrafficLog.open(self.run_dir) as log:
-            targets = self.role.observe(event, TrafficView(log))
-        return self._schedule(targets)
+        try:
+            with TrafficLog.open(self.run_dir) as log:
+                targets = self.role.observe(event, TrafficView(log))
+            return self._schedule(targets)
+        except Exception as exc:  # the role's code; the run goes on without it
+            self._fail("observe", exc)
+            return []
 
     def on_server_aggregate(self, aggregate: Any) -> list[int]:
         """The server's own unmasked aggregate of a round (only a malicious server's role uses it)."""
         observe = getattr(self.role, "observe_aggregate", None)
-        return self._schedule(observe(aggregate)) if observe is not None else []
+        if observe is None:
+            return []
+        try:
+            return self._schedule(observe(aggregate))
+        except Exception as exc:
+            self._fail("observe_aggregate", exc)
+            return []
 
     def _schedule(self, targets: list[Any]) -> list[int]:
         ids = []
         for target in targets:
             if self.config.max_attacks is not None and self.scheduled >= self.config.max_attacks:
                 break
+            if not isinstance(target, AttackTarget):
+                raise RoleError(f"the role returned a {type(target).__name__}, not an AttackTarget")
             job = self.book.add(self.config.role, target, self.config.preset, dict(self.config.attack),
                                 self.config.threat.chosen())
             if job is not None:
@@ -121,6 +153,17 @@ def _states(run_dir: str) -> dict[str, int]:
         for job in book.jobs():
             counts[job.state] = counts.get(job.state, 0) + 1
         return counts
+    finally:
+        book.close()
+
+
+def role_faults(run_dir: str | Path) -> list[str]:
+    """One line per role failure the job book records (empty when the role never failed)."""
+    if not JobBook.exists(run_dir):
+        return []
+    book = JobBook(run_dir)
+    try:
+        return [f"role {role} failed ({stage}): {error}" for role, stage, error in book.faults()]
     finally:
         book.close()
 

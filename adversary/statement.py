@@ -6,6 +6,11 @@ user states the rest (``--model``, ``--input-shape``, ``--input-mean``/``--input
 client's data for scoring and the recipe check. The statement becomes the audit's deployment card;
 every option is checked before anything runs, under its own name: the model is built and run once on
 the stated input shape.
+
+Code comes only from the command line. A run directory records the factory, the transform and the
+app root its audit was given, but a shared directory may have been edited: attacking it imports
+what it names only when the user names the same code again (``--model``, ``--input-transform``,
+``--app-root``) or passes ``--trust-run`` (:meth:`AuditStatement.vouch`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,23 @@ class AuditStatement:
     recipe: dict[str, Any] = field(default_factory=dict)  # --recipe key=value statements
     client_data: str | None = None  # module:fn(partition, num_partitions) -> images or (images, labels)
     root: str | None = None  # the app directory its modules are imported from
+    trust_run: bool = False  # import the code a run directory names (--trust-run)
+
+    def vouch(self, recorded: DeploymentCard) -> list[str]:
+        """Refuse, in one line, to import code that only the run directory names; notes on what is not used."""
+        model = recorded.model
+        if self.trust_run or model is None:
+            return []
+        for ref, stated, option in ((model.factory, self.factory, "--model"), (model.transform, self.transform, "--input-transform")):
+            if ref and not stated:
+                root = f" from {model.factory_root}" if model.factory_root else ""
+                again = f"{option} {ref}" + (f" --app-root {model.factory_root}" if model.factory_root and not self.root else "")
+                raise DeploymentCardError(f"{option}: this run names {ref!r}{root}; fl-sim imports no code on a run "
+                                          f"directory's say-so: pass {again}, or --trust-run")
+        if model.factory_root and not self.root:
+            return [f"the run's app root {model.factory_root} is not searched for modules; pass --app-root "
+                    f"{model.factory_root} to import from it (or --trust-run)"]
+        return []
 
     def card(self, base: DeploymentCard | None = None) -> DeploymentCard:
         """``base`` (the audit's card on disk, or a fresh one) with what is stated on top."""
@@ -44,8 +66,8 @@ class AuditStatement:
                                       f"{base.model.name!r}, whose input normalisation the run already records; "
                                       "state a model only for an audited app")
         model = {**(base.model.model_dump() if base.model is not None else {}), **stated} if stated else {}
-        if model and self.root is not None:
-            model["factory_root"] = self.root
+        if model:  # modules are imported from the stated root; a recorded one only when trusted
+            model["factory_root"] = self.root if self.root is not None or not self.trust_run else model.get("factory_root")
         if (self.mean is None) != (self.std is None):
             raise DeploymentCardError("--input-mean/--input-std: state both (one value, or one per channel)")
         if self.transform is not None and self.mean is not None:

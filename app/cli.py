@@ -173,7 +173,7 @@ def _statement(args: argparse.Namespace, root: str | None = None) -> AuditStatem
         raise UserError(str(exc)) from None
     return AuditStatement(
         factory=args.model or None,
-        input_shape=_input_shape(args.input_shape) if args.model else None,
+        input_shape=_input_shape(args.input_shape) if args.input_shape else None,
         mean=_floats("--input-mean", args.input_mean),
         std=_floats("--input-std", args.input_std),
         transform=args.input_transform or None,
@@ -181,6 +181,7 @@ def _statement(args: argparse.Namespace, root: str | None = None) -> AuditStatem
         recipe=recipe,
         client_data=getattr(args, "client_data", None) or None,
         root=root,
+        trust_run=bool(getattr(args, "trust_run", False)),
     )
 
 
@@ -253,8 +254,9 @@ def _resume_attacks(args: argparse.Namespace, console: Console) -> None:
     finally:
         book.close()
     console.print(f"{len(todo)} unfinished attacks")
+    statement = _statement(args, args.app_root)
     for job_id in todo:
-        result = execute_job(str(args.run_dir), job_id)
+        result = execute_job(str(args.run_dir), job_id, audit=statement)
         console.print(f"job {job_id}: {result['state']}" + (f"  outputs: {result['out_dir']}" if "out_dir" in result else ""))
 
 
@@ -263,7 +265,7 @@ def _cmd_attack(args: argparse.Namespace, console: Console) -> None:
         _resume_attacks(args, console)
         return
     attack_overrides, threat = _attack_overrides(args.set or [])
-    statement = _statement(args)
+    statement = _statement(args, args.app_root)
     targets = _attack_targets(args)
     terminal = console.is_terminal
     for msg_id in targets:
@@ -411,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="audited apps: module:fn(partition, num_partitions) -> images or (images, labels), in "
                              "[0, 1] and in the order the client trains on them: scores each reconstruction against "
                              "its nearest image there; with labels, also replays the recipe on the true batch")
+    attack.add_argument("--app-root", help="audited apps: the directory to import --model, --input-transform and "
+                                           "--client-data modules from")
+    attack.add_argument("--trust-run", action="store_true",
+                        help="import the code the run directory names (its recorded model factory, input transform "
+                             "and app root); without it only code named on this command line is imported")
     attack.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="attack.<key> (e.g. attack.iterations=500, attack.regularizers.tv.weight=0.1, "
                              "attack.labels=count-aware) or threat.<key>: labels=known|infer|unknown, "

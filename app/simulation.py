@@ -13,7 +13,8 @@ from adversary.attacks import preset_config
 from adversary.malicious.detection import vetting_detection
 from adversary.malicious.server import MaliciousServerError
 from adversary.malicious.wrapper import strategy_from_config
-from adversary.roles import RoleError, build_role
+from adversary.roles import RoleError, check_role
+from adversary.service import role_faults
 from app.engine import run_engine
 from app.wiring import role_context, server_app_for
 from clients.app import make_client_app
@@ -55,7 +56,7 @@ def validate_adversary(config: RunConfig) -> None:
     if not config.tap.enabled:
         raise ConfigError("adversary.role: an adversary needs the tap; set tap.enabled = true")
     try:
-        build_role(config.adversary.role, dict(config.adversary.options), role_context(config))
+        check_role(config.adversary.role, dict(config.adversary.options), role_context(config))
         preset_config(config.adversary.preset, dict(config.adversary.attack))
     except (RoleError, AttackConfigError) as exc:
         raise ConfigError(str(exc).replace("\n", " ")) from None
@@ -114,6 +115,7 @@ def run_simulation(config: RunConfig, *, command: list[str] | None = None, quiet
             "engine": config.engine.name,
             "per_round": [r.as_dict() for r in result.rounds],
             **_vetting_summary(config, run_dir),
+            **({"role_faults": faults} if (faults := role_faults(run_dir)) else {}),
         },
     )
     return RunOutcome(run_dir, result, wall)

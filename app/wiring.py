@@ -23,7 +23,7 @@ from adversary.feed import Describe, JobFeed, client_namer, plain_client
 from adversary.malicious.wrapper import malicious_server
 from adversary.progress import PROGRESS_LOG
 from adversary.roles import RoleContext
-from adversary.service import start_adversary
+from adversary.service import role_faults, start_adversary
 from adversary.tap import TappedGrid
 from adversary.traffic_log import TrafficWriter
 from fl_sim.config import AdversaryConfig, RunConfig
@@ -86,6 +86,8 @@ def tapped_session(grid: Grid, run_dir: Path, adversary: AdversaryConfig | None,
                 counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
                 console.print(f"adversary: {counts} attacks" if counts else "adversary: no attacks scheduled",
                               highlight=False, soft_wrap=True)
+                for line in role_faults(run_dir):
+                    console.print(f"adversary: {line}", highlight=False, soft_wrap=True)
         writer.close()
 
 

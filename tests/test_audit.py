@@ -122,7 +122,7 @@ def test_attack_on_audited_app_maps_tensors_and_scores_against_granted_client_da
     run_dir = _audit(tmp_path, "quickstart-message-api", *MSG_MODEL)
     msg = TrafficLog.open(run_dir).messages(direction="up", message_type="train")[0].id
     code = main(["attack", str(run_dir), "--msg", str(msg), "--set", "attack.iterations=60", *GRANTS,
-                 "--client-data", "quickstart_message_api.task:partition_images"])
+                 "--client-data", "quickstart_message_api.task:partition_images", "--trust-run"])
     assert code == 0
     out = next((run_dir / "attacks").iterdir())
     metrics = json.loads((out / "metrics.json").read_text())
@@ -135,6 +135,31 @@ def test_attack_on_audited_app_maps_tensors_and_scores_against_granted_client_da
     assert metrics["scored_against"].startswith("the first 4 images") and len(metrics["lpips"]) == 4
     assert metrics["verdict"] in ("not recovered", "partial", "recognised") and len(metrics["verdicts"]) == 4
     assert len(metrics["nearest_images"]) == 4
+
+
+def test_a_run_directory_naming_planted_code_gets_none_of_it_imported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = _audit(tmp_path, "quickstart-message-api", *MSG_MODEL)
+    planted, marker = tmp_path / "planted", tmp_path / "ran.txt"
+    planted.mkdir()
+    (planted / "planted_mod.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nNet = None\n")
+    card = json.loads((run_dir / "deployment.json").read_text())
+    card["model"].update(factory="planted_mod:Net", factory_root=str(planted))
+    (run_dir / "deployment.json").write_text(json.dumps(card))
+    msg = TrafficLog.open(run_dir).messages(direction="up", message_type="train")[0].id
+    capsys.readouterr()
+    for argv in (["attack", str(run_dir), "--msg", str(msg), *GRANTS], ["attack", str(run_dir), "--resume"]):
+        code = main(argv)
+        err = capsys.readouterr().err.strip()
+        if argv[-1] == "--resume":  # no job book: the audit had no role
+            assert code == 2 and "no adversary job book" in err
+            continue
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert "'planted_mod:Net'" in err and "--trust-run" in err and "--app-root" in err, err
+    # naming a model on the command line does not make the run's root searched either
+    code = main(["attack", str(run_dir), "--msg", str(msg), *GRANTS, "--model", "planted_mod:Net", "--input-shape", "1,28,28"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot load 'planted_mod:Net'" in err, err
+    assert not marker.exists()
 
 
 def test_legacy_parameters_map_onto_the_model_by_order(tmp_path: Path) -> None:

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from adversary.jobs import JobBook
-from adversary.roles import Intercept, RoleContext, RoleError, build_role
+from adversary.roles import Intercept, RoleContext, RoleError, build_role, check_role
 from adversary.traffic_log import TrafficLog, TrafficView
 from app.cli import main
 from app.simulation import run_simulation
 from fl_sim.config import ConfigError
 from fl_sim.ground_truth import GroundTruth
 from fl_sim.node_ids import node_ids_for
+from tests.conftest import TINY
 
 BASE = ("data.name=cifar10-sample", "model.options={width=8}", "federation.num_clients=3", "federation.rounds=3",
         "federation.protocol=fedsgd", "federation.batch_size=1")
@@ -102,9 +103,9 @@ def test_run_with_role_produces_attacks_while_training(tiny, role: str) -> None:
 
 def test_role_plugs_in_from_an_outside_module(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "my_roles.py").write_text(textwrap.dedent("""
-        from adversary.roles import AttackTarget
+        from adversary.roles import AttackTarget, Role
 
-        class LastRoundOnly:
+        class LastRoundOnly(Role):
             name = "last-round-only"
             def __init__(self, *, round, context):
                 self.round = round
@@ -146,6 +147,89 @@ def test_role_config_errors(tiny, override: str, expected: str) -> None:
     role = [] if override.startswith("adversary.role") else ["adversary.role=eavesdropper"]
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         run_simulation(tiny(*BASE, *role, override))
+
+
+def test_a_config_naming_a_callable_that_is_not_a_role_gets_it_refused_uncalled(tiny, tmp_path: Path,
+                                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    kept = tmp_path / "kept.txt"
+    kept.write_text("precious")
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(f'[adversary]\nrole = "logging:basicConfig"\noptions = {{ filename = "{kept}", filemode = "w" }}\n')
+    assert main(["run", "--config", str(cfg_file), *[f"--set={o}" for o in (*TINY, *BASE)], f"--set=out_dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a subclass of adversary.roles.Role" in err, err
+    assert kept.read_text() == "precious" and not (tmp_path / "runs").exists()
+
+
+def test_a_plug_in_role_is_not_called_while_the_config_is_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "loud_roles.py").write_text(textwrap.dedent("""
+        from adversary.roles import Role
+        CALLS = []
+        class Loud(Role):
+            def __init__(self, *, volume=1, context):
+                CALLS.append(volume)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    check_role("loud_roles:Loud", {"volume": 3}, RoleContext())
+    import loud_roles  # type: ignore[import-not-found]
+    assert loud_roles.CALLS == []
+    with pytest.raises(RoleError, match="adversary.options.colour: the role loud_roles:Loud does not take it"):
+        check_role("loud_roles:Loud", {"colour": 3}, RoleContext())
+    (tmp_path / "bad_roles.py").write_text("from adversary.roles import Role\nclass Bad(Role):\n    def __init__(self, *, context):\n        raise KeyError('boom')\n")
+    with pytest.raises(RoleError, match="could not be built with adversary.options \\{\\} \\(KeyError: 'boom'\\)"):
+        build_role("bad_roles:Bad", {}, RoleContext())
+    for name in ("loud_roles", "bad_roles"):
+        sys.modules.pop(name, None)
+
+
+FLAKY = '''
+from adversary.roles import AttackTarget, Role
+
+
+class Flaky(Role):
+    """Attacks the first update it sees, then raises on the next message."""
+
+    def __init__(self, *, context):
+        self.seen = 0
+
+    def sees(self, event):
+        return True
+
+    def observe(self, event, log):
+        if self.seen:
+            raise KeyError("second message")
+        if event.direction == "up" and event.message_type == "train":
+            self.seen += 1
+            return [AttackTarget("update", event.round, (event.log_id,), client=event.src_node)]
+        return []
+
+
+class Broken(Role):
+    def __init__(self, *, context):
+        raise RuntimeError("cannot start\\nsecond line")
+'''
+
+
+@pytest.mark.parametrize("engine", ["inline", "ray"])
+def test_a_failing_role_is_recorded_and_training_goes_on(engine: str, tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "flaky_roles.py").write_text(FLAKY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ray = ["engine.name=ray", "federation.num_clients=2"] if engine == "ray" else []
+    cfg = tiny(*BASE, *ray, "federation.rounds=2", "adversary.role=flaky_roles:Flaky", "adversary.attack.iterations=3")
+    out = run_simulation(cfg)
+    assert len(out.result.rounds) == 2
+    summary = json.loads((out.run_dir / "summary.json").read_text())
+    assert summary["role_faults"] == ["role flaky_roles:Flaky failed (observe): KeyError: 'second message'"]
+    assert [j.state for j in JobBook(out.run_dir).jobs()] == ["done"]  # what it scheduled before failing still ran
+    assert "adversary: role flaky_roles:Flaky failed (observe)" in capsys.readouterr().err
+    if engine == "inline":  # a constructor that raises: no role, the run trains on, the failure named once
+        out = run_simulation(tiny(*BASE, "federation.rounds=1", "adversary.role=flaky_roles:Broken"))
+        summary = json.loads((out.run_dir / "summary.json").read_text())
+        assert summary["role_faults"] == ["role flaky_roles:Broken failed (built): adversary.role: flaky_roles:Broken could "
+                                          "not be built with adversary.options {} (RuntimeError: cannot start)"]
+        assert summary["rounds"] == 1 and JobBook(out.run_dir).jobs() == []
+    sys.modules.pop("flaky_roles", None)
 
 
 def test_malicious_client_partition_must_exist() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from adversary.traffic_log import TrafficView
 from fl_sim.registry import Registry
@@ -90,16 +90,20 @@ class RoleContext:
     node_of_partition: dict[int, int] = field(default_factory=dict)
 
 
-class Role(Protocol):
-    name: str
+class Role:
+    """What every role is, the built-in ones and a user's ``module:Class`` alike: a plug-in must
+    subclass it, so that naming a module's function (``logging:basicConfig``) in a config cannot
+    get it called. Built as ``Role(**options, context=RoleContext)``."""
+
+    name: str = "role"
 
     def observe(self, event: Intercept, log: TrafficView) -> list[AttackTarget]:
         """React to one intercepted message; return what to attack now (maybe nothing)."""
-        ...
+        raise NotImplementedError
 
     def sees(self, event: Intercept) -> bool:
         """Whether this message is visible to the role at all."""
-        ...
+        raise NotImplementedError
 
 
 RoleFactory = Callable[..., Role]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adversary.roles.base import AttackTarget, Intercept, RoleContext, RoleError, register_role
+from adversary.roles.base import AttackTarget, Intercept, Role, RoleContext, RoleError, register_role
 from adversary.traffic_log import TrafficView
 from fl_sim.wire import MODEL_RECORDS
 
@@ -24,7 +24,7 @@ def _rounds_ok(rounds: list[int], event: Intercept) -> bool:
 
 
 @register_role("eavesdropper")
-class Eavesdropper:
+class Eavesdropper(Role):
     """Taps the links of a few clients (both directions or one) and attacks their updates.
 
     It does not know node ids in advance: it taps the first ``links`` client links it
@@ -67,7 +67,7 @@ class Eavesdropper:
 
 
 @register_role("curious-server")
-class CuriousServer:
+class CuriousServer(Role):
     """Reads every message the server receives. Under secure aggregation it sees no
     individual update, only the aggregate, which it attacks instead."""
 
@@ -111,7 +111,7 @@ class CuriousServer:
 
 
 @register_role("malicious-client")
-class MaliciousClient:
+class MaliciousClient(Role):
     """A participant: sees only the global models it receives (and its own replies).
 
     Between two rounds it took part in, the change of the global model is the
@@ -154,7 +154,7 @@ class MaliciousClient:
 
 
 @register_role("malicious-server")
-class MaliciousServer:
+class MaliciousServer(Role):
     """Controls what the server sends (the strategy runs in the server, see
     :mod:`adversary.malicious.server`) and recovers images from the replies to the
     manipulated rounds (:mod:`adversary.methods.recoveries`). Under secure aggregation
