@@ -3,7 +3,7 @@
 For each defense (the smoke Table 2's set, plus DP, vetting and SecAgg+ with 10 and 30 shares, or
 those named with --defense and --secagg), the same client round (model, batch size, local steps)
 runs alternately with and without it after a warm-up (clients.overhead); the median ratio over the
-pairs is printed with its interquartile spread and the seconds per round. SecAgg+'s round is the
+pairs is printed with the middle half of the pair ratios and the seconds per round. SecAgg+'s round is the
 client's whole protocol round (keys, shares, training, masks, unmask reply); its cost grows with the
 shares (the client's neighbours, itself included). Run it twice on a loaded machine to see the
 figures hold.
@@ -75,11 +75,11 @@ def main() -> int:
     table = Table(title=f"defense overhead per client round ({args.model}, {args.data}, batch {args.batch_size}, "
                         f"{args.local_steps} local steps, median of {args.pairs} ABAB pairs, 1 torch thread; {platform.machine()}, "
                         f"{os.cpu_count()} cores, torch {torch.__version__})")
-    for col in ("defense", "overhead (x, CPU)", "IQR of pair ratios", "wall ratio", "defended CPU s", "plain CPU s",
+    for col in ("defense", "overhead (x, CPU)", "middle half of pair ratios", "wall ratio", "defended CPU s", "plain CPU s",
                 "examples defended/plain"):
         table.add_column(col, justify="left" if col == "defense" else "right")
     for r in rows:
-        table.add_row(r["defense"], f"{r['ratio']:.2f}", f"{r['spread']:.2f}", f"{r['wall_ratio']:.2f}", f"{r['defended_s']:.3f}",
+        table.add_row(r["defense"], f"{r['ratio']:.2f}", f"{r['q1']:.2f}\u2013{r['q3']:.2f}", f"{r['wall_ratio']:.2f}", f"{r['defended_s']:.3f}",
                       f"{r['plain_s']:.3f}",
                       f"{r['examples_defended']}/{r['examples_plain']}")
     console.print(table)

@@ -42,7 +42,7 @@ from fl_sim.rundir import load_run_config
 from fl_sim.task import load_task
 
 ENCODERS = ("mixup", "instahide")
-OVERHEAD_PAIRS = 7
+OVERHEAD_PAIRS = 15
 TIME_ROW = "Training time (x, side by side)"
 TIME_NOTE = ("Training time: a client round (the utility run's model, batch and local steps) with the defenses over one "
              f"without, in CPU seconds on one torch thread, run alternately in one process after a warm-up, median of {OVERHEAD_PAIRS} pairs "
@@ -212,6 +212,8 @@ class TradeoffExperiment:
                 if measured and measured.get("examples_defended") != measured.get("examples_plain"):
                     table.notes.append(f"{lab}: {measured['examples_defended']} examples behind a defended update, "
                                        f"{measured['examples_plain']} behind a plain one.")
+                if "q1" in measured:
+                    table.notes.append(_noise_note(lab, measured))
             table.notes.append("LPIPS (AlexNet) after one-to-one matching; lower means more leakage.")
             table.notes.append(
                 f"Attack: {settings['attack']['preset']}, {settings['attack']['iterations']} iterations, "
@@ -283,6 +285,18 @@ def _run_utility(params: dict[str, Any], workdir: Path, ctx: CellContext) -> dic
     train_s = sum(r.wall_s - r.eval_s for r in outcome.result.rounds)
     return {"accuracy": last.eval_acc, "test_loss": last.eval_loss, "wall_s": train_s, "run_dir": str(outcome.run_dir),
             **_overhead(cfg, params)}
+
+
+def _noise_note(label: str, measured: dict[str, Any]) -> str:
+    """How far a time ratio stands from 1: the middle half of its pair ratios."""
+    q1, q3, ratio = measured["q1"], measured["q3"], measured["ratio"]
+    if q1 <= 1.0 <= q3:
+        verdict = "no cost measurable above the noise"
+    elif q3 < 1.0:
+        verdict = "measured cheaper than no defense in most pairs"
+    else:
+        verdict = "a cost above the noise"
+    return f"{label}: time {ratio:.2f}x, middle half of the pair ratios {q1:.2f}\u2013{q3:.2f}: {verdict}."
 
 
 def _overhead(cfg: RunConfig, params: dict[str, Any]) -> dict[str, Any]:

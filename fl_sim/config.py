@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from fl_sim.registry import Registry
+from fl_sim.safe_paths import is_plain_name
 from fl_sim.threat import ThreatSettings
 from fl_sim.validation import one_line
 from fl_sim.wire import steps_per_update, update_kind
@@ -27,7 +28,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # nan is no learning rate
 
 
 class DataConfig(_Section):
@@ -325,8 +326,25 @@ class RunConfig(_Section):
     """The whole run; sections mirror the TOML tables."""
 
     seed: int = Field(0, ge=0, lt=2**31)
-    name: str = "run"
+    name: str = "run"  # the run directory's name starts with it: a plain name, no path
     out_dir: str = "runs"
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not is_plain_name(value):
+            raise ValueError(f"name: must be a plain name (letters, digits, '.', '_', '-'; no path, no leading dot), got {value!r}")
+        return value
+
+    @field_validator("out_dir")
+    @classmethod
+    def _out_dir(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("out_dir: must not contain a NUL byte")
+        for parent in (Path(value), *Path(value).parents):
+            if parent.exists() and not parent.is_dir():
+                raise ValueError(f"out_dir: {parent} is a file, not a folder")
+        return value
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
@@ -426,6 +444,8 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     if not sep or not key:
         raise ConfigError(f"--set: expected key=value, got {assignment!r}")
     parts = key.split(".")
+    if any(not part.strip() for part in parts):
+        raise ConfigError(f"--set: {key!r} is not a key; expected names joined by dots, such as federation.lr")
     node = tree
     for part in parts[:-1]:
         child = node.setdefault(part, {})
@@ -450,7 +470,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ConfigError(f"--config: file not found: {path}")
         try:
-            tree = tomllib.loads(path.read_text())
+            tree = tomllib.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"--config: {path} is not a text file (not UTF-8); expected a TOML file") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"--config: {path} is not valid TOML ({exc})") from None
     for assignment in overrides:

@@ -60,10 +60,19 @@ def test_resolved_config_round_trips_through_run_dir(tmp_path: Path) -> None:
         (["--set", "data.name=cifar10", "--set", "data.root=/nonexistent"], "data.root:"),
         (["--config", "/no/such.toml"], "--config: file not found"),
         (["--set", "noequals"], "--set: expected key=value"),
+        (["--set", ".=3"], "--set: '.' is not a key"),
+        (["--set", "federation.lr=nan"], "federation.lr: input should be a finite number"),
+        (["--set", "name=../escaped"], "name: must be a plain name"),
+        (["--set", "name=a\x00b"], "name: must be a plain name"),
+        (["--config", "BINARY"], "is not a text file (not UTF-8)"),
+        (["--set", "out_dir=AFILE/below"], "is a file, not a folder"),
     ],
 )
 def test_cli_errors_exit_2_and_write_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str) -> None:
     out = tmp_path / "runs"
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe\x00\x01 not text")
+    (tmp_path / "afile").write_text("x")
+    args = [a.replace("BINARY", str(tmp_path / "binary.toml")).replace("AFILE", str(tmp_path / "afile")) for a in args]
     code = main(["run", "--set", f"out_dir={out}", "--set", "engine.name=inline", *args])
     err = capsys.readouterr().err.strip()
     assert code == 2
