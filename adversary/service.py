@@ -30,6 +30,7 @@ from adversary.roles import AttackTarget, Intercept, Role, RoleContext, RoleErro
 from adversary.statement import AuditStatement
 from adversary.traffic_log import TrafficLog, TrafficView
 from fl_sim.config import AdversaryConfig
+from fl_sim.validation import exception_line
 
 ACTOR_NAME = "fl-sim-adversary"
 
@@ -55,10 +56,9 @@ def execute_job(run_dir: str, job_id: int, audit: AuditStatement | None = None) 
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    if isinstance(exc, RoleError) and text:  # already one line naming the key
-        return text[0]
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    if isinstance(exc, RoleError) and str(exc).strip():  # already one line naming the key
+        return str(exc).strip().splitlines()[0]
+    return exception_line(exc)
 
 
 class AdversaryCore:

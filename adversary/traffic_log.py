@@ -33,6 +33,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from fl_sim.safe_paths import file_inside
+from fl_sim.validation import exception_line
 
 TRAFFIC_DIR = "traffic"
 INDEX_DB = "index.sqlite"
@@ -315,7 +316,7 @@ class TrafficLog:
             arrays = load_file(str(path))
         except Exception as exc:  # safetensors reports a damaged file as several error types
             raise TrafficLogError(f"RUN_DIR: corrupted traffic log (message {msg_id}'s tensor file {file}: "
-                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+                                  f"{exception_line(exc)})") from None
         listed = {t.name: t for t in info.tensors}
         if set(arrays) != set(listed) or any(list(a.shape) != list(listed[k].shape) for k, a in arrays.items()):
             raise TrafficLogError(f"RUN_DIR: corrupted traffic log (message {msg_id}'s tensor file {file} does not "

@@ -48,14 +48,8 @@ class Overhead:
     pairs: int
     examples_defended: int  # examples behind one defended update (an inter-InstaHide mix counts more)
     examples_plain: int
-    spread: float  # (75th - 25th percentile) of the pair ratios: how far to trust ``ratio``
     q1: float  # the pair ratios' 25th percentile ...
-    q3: float  # ... and 75th: a ``ratio`` below 1 with ``q3 >= 1`` is no measurable saving, only noise
-
-    @property
-    def within_noise(self) -> bool:
-        """The middle half of the pair ratios spans 1: no cost (or saving) measurable above the noise."""
-        return self.q1 <= 1.0 <= self.q3
+    q3: float  # ... and 75th: how far to trust ``ratio`` (a ratio below 1 with q3 >= 1 is noise, not a saving)
 
     def as_dict(self) -> dict[str, float | int]:
         return dict(self.__dict__)
@@ -193,7 +187,6 @@ def measure_overhead(config: RunConfig, *, pairs: int = 7, warmup: int = 2, part
         pairs=pairs,
         examples_defended=examples["defended"],
         examples_plain=examples["plain"],
-        spread=quartiles[2] - quartiles[0],
         q1=quartiles[0],
         q3=quartiles[2],
     )

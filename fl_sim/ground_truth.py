@@ -27,6 +27,7 @@ from safetensors.numpy import load_file, save_file
 
 from fl_sim.safe_paths import file_inside, is_plain_name
 from fl_sim.sqlite_util import open_shared
+from fl_sim.validation import exception_line
 
 GROUND_TRUTH_DIR = "ground_truth"
 _DB = "index.sqlite"
@@ -156,8 +157,7 @@ class GroundTruth:
                 steps[int(head.removeprefix("step"))][name] = value
             return PrivateBatch(iid, int(node), int(part), rnd, steps, json.loads(extra))
         except Exception as exc:  # safetensors, int() and json report damage as several error types
-            raise GroundTruthError(f"RUN_DIR: corrupted ground-truth sidecar ({rel}: {type(exc).__name__}: "
-                                   f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise GroundTruthError(f"RUN_DIR: corrupted ground-truth sidecar ({rel}: {exception_line(exc)})") from None
 
     def batch_for_round(self, round: int, node_id: int) -> PrivateBatch | None:
         """The private data a node trained on in a round (one training reply per node and round)."""

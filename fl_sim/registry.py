@@ -17,6 +17,14 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def keyword_options(factory: Any, exclude: Iterable[str] = ()) -> list[str]:
+    """Keyword options ``factory`` accepts (a class: its constructor's), without ``exclude``."""
+    target = factory.__init__ if isinstance(factory, type) else factory
+    skip = {"self", *exclude}
+    params = inspect.signature(target).parameters.values()
+    return [p.name for p in params if p.name not in skip and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
 class RegistryError(ValueError):
     """An unknown name or option; the message is one line listing the choices."""
 
@@ -61,11 +69,7 @@ class Registry(dict[str, Any]):
 
     def options(self, name: str, exclude: Iterable[str] = ()) -> list[str]:
         """Keyword options the factory accepts (a class: its constructor's)."""
-        factory = self.lookup(name)
-        target = factory.__init__ if isinstance(factory, type) else factory
-        skip = {"self", *exclude}
-        params = inspect.signature(target).parameters.values()
-        return [p.name for p in params if p.name not in skip and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        return keyword_options(self.lookup(name), exclude)
 
     def check_options(self, name: str, options: Iterable[str], exclude: Iterable[str] = ()) -> None:
         accepted = self.options(name, exclude)

@@ -1,4 +1,4 @@
-"""Pydantic validation errors as the one line a user reads: the key, then what is allowed."""
+"""Errors as the one line a user reads: a pydantic error's key and what is allowed; any exception's type and first line."""
 
 from __future__ import annotations
 
@@ -27,3 +27,10 @@ def one_line(error: ValidationError, prefix: str = "") -> str:
         return f"{key}: must be one of {allowed} (got {first.get('input')!r})"
     got = first.get("input")
     return f"{key}: {msg.lower()} (got {got!r})"
+
+
+def exception_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (just ``Type`` when the message is empty): foreign code's
+    errors (a plug-in, a damaged file's parser) reported in one line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

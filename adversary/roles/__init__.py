@@ -8,6 +8,8 @@ from typing import Any
 
 from adversary.roles import builtin  # noqa: F401  (registers the built-in roles)
 from adversary.roles.base import ROLES, AttackTarget, Intercept, Role, RoleContext, RoleError, register_role
+from fl_sim.registry import keyword_options
+from fl_sim.validation import exception_line
 
 
 def role_class(name: str) -> type[Role]:
@@ -21,8 +23,7 @@ def role_class(name: str) -> type[Role]:
     try:
         found = getattr(importlib.import_module(module_name), attr)
     except Exception as exc:  # a user's module can fail to import in any way
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise RoleError(f"adversary.role: cannot load {name!r} ({type(exc).__name__}: {first})") from None
+        raise RoleError(f"adversary.role: cannot load {name!r} ({exception_line(exc)})") from None
     if not (inspect.isclass(found) and issubclass(found, Role)):
         raise RoleError(f"adversary.role: {name} is a {type(found).__name__}, not a subclass of adversary.roles.Role; "
                         "a plug-in role must subclass it")
@@ -37,9 +38,8 @@ def build_role(name: str, options: dict[str, Any], context: RoleContext) -> Role
     except RoleError:
         raise
     except Exception as exc:  # a plug-in's constructor can fail in any way
-        first = str(exc).splitlines()[0] if str(exc) else ""
         raise RoleError(f"adversary.role: {name} could not be built with adversary.options {options} "
-                        f"({type(exc).__name__}: {first})") from None
+                        f"({exception_line(exc)})") from None
 
 
 def check_role(name: str, options: dict[str, Any], context: RoleContext) -> None:
@@ -49,10 +49,10 @@ def check_role(name: str, options: dict[str, Any], context: RoleContext) -> None
     if ":" not in name:
         build_role(name, options, context)
         return
-    params = inspect.signature(role_class(name).__init__).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
+    factory = role_class(name)
+    if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory.__init__).parameters.values()):
         return
-    accepted = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("self", "context")]
+    accepted = keyword_options(factory, exclude=("context",))
     for key in options:
         if key not in accepted:
             raise RoleError(f"adversary.options.{key}: the role {name} does not take it; it takes: {', '.join(accepted) or '(none)'}")
