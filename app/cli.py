@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -50,6 +51,14 @@ DEMO_CONFIG = CONFIGS / "demo.toml"  # fl-sim demo, the main job: an eavesdroppe
 
 class UserError(Exception):
     """Anything the user can fix; shown as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line, like every other error: what is wrong and where the help is (the full
+    usage of ``attack`` alone is ten lines that bury the message)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _cmd_demo(args: argparse.Namespace, console: Console) -> None:
@@ -364,7 +373,7 @@ def _statement_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fl-sim", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="fl-sim", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a federated simulation with the traffic tap")

@@ -69,6 +69,9 @@ def bn_convnet(in_ch: int, num_classes: int, width: int = 16) -> nn.Module:
     return nn.Sequential(OrderedDict(normalize=Normalize(in_ch), net=net))
 
 
+EXPERIMENT_MODELS = ("bn-convnet",)  # built here, beside the model registry's
+
+
 def build(model_cfg: dict[str, Any], shape: tuple[int, int, int], num_classes: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     options = dict(model_cfg.get("options", {}))

@@ -26,7 +26,11 @@ class CellCache:
         path = self._path(key)
         if not path.is_file():
             return None
-        return json.loads(path.read_text())
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None  # a damaged cell (a full disk, an edit) is run again and rewritten
+        return payload if isinstance(payload, dict) and isinstance(payload.get("result"), dict) else None
 
     def put(self, key: str, payload: dict[str, Any]) -> None:
         path = self._path(key)

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.base import CellContext, Figure, Simulate, Table
+from experiments.base import Cell, CellContext, Experiment, Figure, Simulate, Table
 from experiments.cache import CellCache, cell_key
 from experiments.registry import ExperimentError, get_experiment
+from experiments.settings import check_overrides
 from experiments.report import write_html_report
 from experiments.tables import to_markdown, write_table
 from fl_sim.config import apply_override, deep_merge
 from fl_sim.rundir import package_versions, write_json_atomic
+from fl_sim.safe_paths import output_folder_problem
+from fl_sim.validation import exception_line
 
 SETTINGS_JSON = "settings.json"
 REPORT_MD = "report.md"
@@ -31,14 +35,6 @@ class ExperimentOutcome:
     cached: int
 
 
-def _check_keys(tree: dict[str, Any], reference: dict[str, Any], prefix: str = "") -> None:
-    for key, value in tree.items():
-        if key not in reference:
-            raise ExperimentError(f"--set: {prefix}{key}: unknown setting; known: {', '.join(sorted(reference))}")
-        if isinstance(value, dict) and isinstance(reference[key], dict) and reference[key]:
-            _check_keys(value, reference[key], f"{prefix}{key}.")
-
-
 def resolve_settings(name: str, preset: str, overrides: list[str]) -> dict[str, Any]:
     exp = get_experiment(name)
     if preset not in exp.presets:
@@ -47,7 +43,7 @@ def resolve_settings(name: str, preset: str, overrides: list[str]) -> dict[str, 
     for assignment in overrides:
         apply_override(tree, assignment)
     base = exp.presets[preset]
-    _check_keys(tree, base)
+    check_overrides(tree, base)
     return deep_merge(base, tree)
 
 
@@ -95,10 +91,34 @@ def run_experiment(
                                   f"cells look like {', '.join(c.name for c in cells[:3])}")
     else:
         chosen = cells
+    problem = output_folder_problem(Path(out_root))
+    if problem:
+        raise ExperimentError(f"--out: {problem}")
     out_dir = experiment_dir(Path(out_root), name, preset, settings)
+    created = _first_missing(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_cells(exp, name, preset, settings, overrides or [], out_dir, cells, chosen, progress, simulate)
+    except BaseException:
+        if created is not None and not any((out_dir / "cells").glob("*.json")):
+            shutil.rmtree(created, ignore_errors=True)  # nothing finished: leave no folder behind a failed start
+        raise
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None if ``path`` exists)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return missing
+        missing = folder
+    return missing
+
+
+def _run_cells(exp: Experiment, name: str, preset: str, settings: dict[str, Any], overrides: list[str], out_dir: Path,
+               cells: list[Cell], chosen: list[Cell], progress: Callable[[str], None], simulate: Simulate | None) -> ExperimentOutcome:
     write_json_atomic(out_dir / SETTINGS_JSON, {"experiment": name, "preset": preset, "settings": settings,
-                                                 "overrides": overrides or [], "versions": package_versions()})
+                                                 "overrides": overrides, "versions": package_versions()})
     cache = CellCache(out_dir / "cells")
     results: dict[str, dict[str, Any]] = {}
     ran = cached = 0
@@ -130,9 +150,27 @@ def report_experiment(out_dir: str | Path) -> tuple[list[Table], list[Figure]]:
     meta_path = out_dir / SETTINGS_JSON
     if not meta_path.is_file():
         raise ExperimentError(f"RUN_DIR: {out_dir} is not an experiment directory (no {SETTINGS_JSON})")
-    meta = json.loads(meta_path.read_text())
+    meta = _read_json(meta_path)
+    if not isinstance(meta.get("experiment"), str) or not isinstance(meta.get("settings"), dict):
+        raise ExperimentError(f"RUN_DIR: {meta_path} is damaged: it names no experiment and settings")
     results = {}
     for path in sorted((out_dir / "cells").glob("*.json")):
-        payload = json.loads(path.read_text())
+        payload = _read_json(path)
+        if not isinstance(payload.get("cell"), str) or not isinstance(payload.get("result"), dict):
+            raise ExperimentError(f"RUN_DIR: {path} is damaged: it holds no cell and result")
         results[payload["cell"]] = payload["result"]
-    return render(meta["experiment"], out_dir, meta["settings"], results)
+    try:
+        return render(meta["experiment"], out_dir, meta["settings"], results)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExperimentError(f"RUN_DIR: {out_dir}: its settings or cells do not fit {meta['experiment']!r} "
+                              f"({exception_line(exc)}); were they edited?") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExperimentError(f"RUN_DIR: {path} cannot be read ({exception_line(exc)})") from None
+    if not isinstance(value, dict):
+        raise ExperimentError(f"RUN_DIR: {path} is damaged: not a JSON object")
+    return value

@@ -42,10 +42,12 @@ from fl_sim.rundir import load_run_config
 from fl_sim.task import load_task
 
 ENCODERS = ("mixup", "instahide")
-OVERHEAD_PAIRS = 15
+# ABAB pairs per defense: one pair's ratio scatters by about 10 % on a shared 2-core machine (the same
+# matmul loop takes 0.16 to 0.25 s there), so the median of 15 moved by 10 % between two runs; of 40, by ~3 %.
+OVERHEAD_PAIRS = 40
 TIME_ROW = "Training time (x, side by side)"
 TIME_NOTE = ("Training time: a client round (the utility run's model, batch and local steps) with the defenses over one "
-             f"without, in CPU seconds on one torch thread, run alternately in one process after a warm-up, median of {OVERHEAD_PAIRS} pairs "
+             "without, in CPU seconds on one torch thread, run alternately in one process after a warm-up, median of {pairs} pairs "
              "(clients.overhead); SecAgg+'s is the client's whole protocol round (keys, shares, masks, training) over the same "
              "legacy client without it; \u2013 where nothing is measured. The FL runs' own wall clocks, one run each, "
              "are in the cells (wall_s) and measure the machine's load as much as the defense.")
@@ -134,7 +136,7 @@ SMOKE: dict[str, Any] = {
     "data": {"name": "mnist-5k", "root": ""},
     "model": {"name": "convnet", "options": {"width": 16}},
     "defenses": SMOKE_DEFENSES,
-    "utility": {"num_clients": 4, "rounds": 15, "local_steps": 25, "batch_size": 32, "lr": 0.1},
+    "utility": {"num_clients": 4, "rounds": 15, "local_steps": 25, "batch_size": 32, "lr": 0.1, "overhead_pairs": OVERHEAD_PAIRS},
     "attack": {"batch_sizes": [1, 4], "images": 4, "epochs": 2, "iterations": 200, "preset": "huang-eq3",
                "attackers": ["strongest"]},
 }
@@ -153,7 +155,7 @@ class TradeoffExperiment:
             "data": {"name": "mnist-5k", "root": ""},
             "model": {"name": "convnet", "options": {"width": 32}},
             "defenses": MNIST_APPENDIX_DEFENSES,
-            "utility": {"num_clients": 4, "rounds": 10, "local_steps": 50, "batch_size": 32, "lr": 0.1},
+            "utility": {"num_clients": 4, "rounds": 10, "local_steps": 50, "batch_size": 32, "lr": 0.1, "overhead_pairs": OVERHEAD_PAIRS},
             "attack": {"batch_sizes": [1], "images": 8, "epochs": 5, "iterations": 2000, "preset": "huang-eq3",
                        "attackers": ["strongest"]},
         },
@@ -162,7 +164,7 @@ class TradeoffExperiment:
             "data": {"name": "cifar10", "root": ""},
             "model": {"name": "resnet18", "options": {}},
             "defenses": PAPER_DEFENSES,
-            "utility": {"num_clients": 10, "rounds": 200, "local_steps": 50, "batch_size": 128, "lr": 0.1},
+            "utility": {"num_clients": 10, "rounds": 200, "local_steps": 50, "batch_size": 128, "lr": 0.1, "overhead_pairs": OVERHEAD_PAIRS},
             "attack": {"batch_sizes": [1, 16, 32], "images": 64, "epochs": 20, "iterations": 10000, "preset": "huang-eq3",
                        "attackers": ["strongest", "realistic"]},
         },
@@ -206,7 +208,7 @@ class TradeoffExperiment:
                 cells = [results.get(f"attack/{attacker}/b{b}/{lab}", {}) for lab in labels]
                 for stat in ("avg", "best", "std"):
                     table.rows.append([f"bs={b} LPIPS {stat}", *[c.get(f"lpips_{stat}") for c in cells]])
-            table.notes.append(TIME_NOTE)
+            table.notes.append(TIME_NOTE.format(pairs=settings["utility"].get("overhead_pairs", OVERHEAD_PAIRS)))
             for lab, u in zip(labels, util):
                 measured = u.get("overhead") or {}
                 if measured and measured.get("examples_defended") != measured.get("examples_plain"):
@@ -303,7 +305,7 @@ def _overhead(cfg: RunConfig, params: dict[str, Any]) -> dict[str, Any]:
     """The defenses' and SecAgg+'s cost per client round, measured side by side with neither (:mod:`clients.overhead`)."""
     if not cfg.defenses and not cfg.federation.secagg:
         return {"time_ratio": 1.0 if not params["stack"] and not _scenario(params) else None}
-    measured = measure_overhead(cfg, pairs=params.get("overhead_pairs", OVERHEAD_PAIRS))
+    measured = measure_overhead(cfg, pairs=params.get("overhead_pairs", OVERHEAD_PAIRS))  # a setting: quick test runs take fewer
     return {"time_ratio": measured.ratio, "overhead": measured.as_dict()}
 
 

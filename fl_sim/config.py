@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from fl_sim.registry import Registry
-from fl_sim.safe_paths import is_plain_name
+from fl_sim.safe_paths import is_plain_name, output_folder_problem
 from fl_sim.threat import ThreatSettings
 from fl_sim.validation import one_line
 from fl_sim.wire import steps_per_update, update_kind
@@ -339,11 +339,9 @@ class RunConfig(_Section):
     @field_validator("out_dir")
     @classmethod
     def _out_dir(cls, value: str) -> str:
-        if "\x00" in value:
-            raise ValueError("out_dir: must not contain a NUL byte")
-        for parent in (Path(value), *Path(value).parents):
-            if parent.exists() and not parent.is_dir():
-                raise ValueError(f"out_dir: {parent} is a file, not a folder")
+        problem = output_folder_problem(Path(value))
+        if problem:
+            raise ValueError(f"out_dir: {problem}")
         return value
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -17,7 +17,7 @@ TINY = [
     'defenses=[{label="none",stack=[]},{label="GradPrune 0.99",stack=[{name="gradprune",p=0.99}]},'
     '{label="MixUp k=4",stack=[{name="mixup",k=4}]}]',
     "attack.batch_sizes=[2]", "attack.iterations=40", "attack.images=4", "attack.epochs=2",
-    "utility.rounds=1", "utility.local_steps=3", "utility.num_clients=2",
+    "utility.rounds=1", "utility.local_steps=3", "utility.num_clients=2", "utility.overhead_pairs=5",
 ]
 
 
