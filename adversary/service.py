@@ -35,22 +35,38 @@ from fl_sim.validation import exception_line
 ACTOR_NAME = "fl-sim-adversary"
 
 
-def execute_job(run_dir: str, job_id: int, audit: AuditStatement | None = None) -> dict[str, Any]:
-    """Run one job from the book and record its outcome (in whatever process runs it); ``audit``: what a
-    command line resuming the job states (the run's own adversary states nothing)."""
+def execute_job(run_dir: str, job_id: int, audit: AuditStatement | None = None, *,
+                raise_refused: tuple[type[BaseException], ...] = (), **run_options: Any) -> dict[str, Any]:
+    """Claim one job of the book, run it and record its outcome (in whatever process runs it); ``audit``:
+    what a command line resuming the job states (the run's own adversary states nothing). A job another
+    live process holds, or one already finished, is left alone (state ``elsewhere`` or its own).
+
+    ``raise_refused``: errors that mean the request itself is bad (a command line's config, its grants):
+    the job is forgotten and the error raised, so the command can say so in one line and leave nothing.
+    ``run_options`` go to :func:`run_job` (progress, warnings)."""
     if os.environ.get("FL_SIM_WORKER_THREADS"):
         torch.set_num_threads(int(os.environ["FL_SIM_WORKER_THREADS"]))
     book = JobBook(run_dir)
     try:
-        job = next(j for j in book.jobs() if j.id == job_id)
-        book.mark(job_id, "running")
+        job = next((j for j in book.jobs() if j.id == job_id), None)
+        if job is None:
+            return {"job": job_id, "state": "missing"}
+        if not book.claim(job_id):
+            if job.state in ("done", "failed"):  # finished before: what it gave
+                return {"job": job_id, "state": job.state, "before": True, "out_dir": job.out_dir, "metrics": job.metrics,
+                        "error": (job.error or "").splitlines()[0] if job.error else None}
+            return {"job": job_id, "state": "elsewhere"}
         try:
-            outcome = run_job(run_dir, job.target, job.preset, attack_overrides=job.overrides, threat=job.threat, audit=audit)
+            outcome = run_job(run_dir, job.target, job.preset or None, attack_overrides=job.overrides, threat=job.threat, audit=audit,
+                              **run_options)
+        except raise_refused:
+            book.discard(job_id)
+            raise
         except Exception as exc:  # recorded, not raised: one bad attack must not stop the others
             book.mark(job_id, "failed", error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}")
-            return {"job": job_id, "state": "failed"}
+            return {"job": job_id, "state": "failed", "error": exception_line(exc)}
         book.mark(job_id, "done", out_dir=str(outcome.out_dir), metrics=outcome.metrics)
-        return {"job": job_id, "state": "done", "out_dir": str(outcome.out_dir)}
+        return {"job": job_id, "state": "done", "out_dir": str(outcome.out_dir), "metrics": outcome.metrics}
     finally:
         book.close()
 

@@ -7,6 +7,8 @@ with status 2; nothing is written before the input is known to be good.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +46,7 @@ from fl_sim.rundir import read_summary
 from fl_sim.threat import ThreatModelError
 
 EXIT_USAGE = 2
+CLI_ROLE = "cli"  # the job book's role name for attacks asked for on the command line
 CONFIGS = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIGS / "default.toml"  # fl-sim run without --config: a plain run, no adversary
 DEMO_CONFIG = CONFIGS / "demo.toml"  # fl-sim demo, the main job: an eavesdropper attacking while it trains
@@ -253,10 +256,10 @@ def _attack_targets(args: argparse.Namespace) -> list[int]:
     return [m.id for m in updates]
 
 
-def _resume_attacks(args: argparse.Namespace, console: Console) -> None:
-    """Run the attacks a run's adversary scheduled but did not finish."""
+def _resume_attacks(args: argparse.Namespace, console: Console) -> int:
+    """Run the attacks a run's adversary (or an earlier ``fl-sim attack``) scheduled but did not finish."""
     if not JobBook.exists(args.run_dir):
-        raise UserError(f"RUN_DIR: {args.run_dir} has no adversary job book (the run had no adversary role)")
+        raise UserError(f"RUN_DIR: {args.run_dir} has no adversary job book (no role and no fl-sim attack ran on it)")
     book = JobBook(args.run_dir)
     try:
         todo = [j.id for j in book.jobs(("pending", "running"))]
@@ -264,20 +267,57 @@ def _resume_attacks(args: argparse.Namespace, console: Console) -> None:
         book.close()
     console.print(f"{len(todo)} unfinished attacks")
     statement = _statement(args, args.app_root)
+    failed = 0
     for job_id in todo:
         result = execute_job(str(args.run_dir), job_id, audit=statement)
-        console.print(f"job {job_id}: {result['state']}" + (f"  outputs: {result['out_dir']}" if "out_dir" in result else ""))
+        failed += result["state"] == "failed"
+        console.print(f"job {job_id}: {_job_state(result)}" + (f"  outputs: {result['out_dir']}" if result.get("out_dir") else ""),
+                      highlight=False)
+    return 1 if failed else 0
 
 
-def _cmd_attack(args: argparse.Namespace, console: Console) -> None:
+def _job_state(result: dict) -> str:
+    state = result["state"]
+    if state == "elsewhere":
+        return "running in another process (left to it)"
+    if state == "failed":
+        return f"failed: {result.get('error')}"
+    return state + (" before" if result.get("before") else "")
+
+
+# What a command line's own request can get wrong: said in one line, and the job it asked for is forgotten.
+REFUSED = (AttackConfigError, ThreatModelError, GrantError, TrafficLogError, GroundTruthError, ObservationError,
+           DeploymentCardError, KeyError)
+
+
+def _cli_job(args: argparse.Namespace, msg_id: int, attack_overrides: dict, threat: dict) -> int:
+    """The job book's entry for this command's attack on ``msg_id``: the same request finds the same job
+    (done: skipped; killed: resumable with --resume; failed: tried again)."""
+    target = AttackTarget("update", None, (msg_id,))
+    preset = args.preset or ""  # none named: the attack's default for the run (the book's column is text)
+    variant = hashlib.sha256(json.dumps([attack_overrides, threat], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    book = JobBook(args.run_dir)
+    try:
+        job_id = book.add(CLI_ROLE, target, preset, attack_overrides, threat, variant=variant)
+        if job_id is None:
+            job_id = book.find(CLI_ROLE, target, preset, variant=variant)
+            book.retry(job_id)
+        return job_id
+    finally:
+        book.close()
+
+
+def _cmd_attack(args: argparse.Namespace, console: Console) -> int:
     if args.resume:
-        _resume_attacks(args, console)
-        return
+        return _resume_attacks(args, console)
     attack_overrides, threat = _attack_overrides(args.set or [])
     statement = _statement(args, args.app_root)
     targets = _attack_targets(args)
     terminal = console.is_terminal
+    failed = 0
+    had_book = JobBook.exists(args.run_dir)
     for msg_id in targets:
+        job_id = _cli_job(args, msg_id, attack_overrides, threat)
         with Progress(TextColumn(f"attack msg {msg_id}"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.description}"),
                       TimeElapsedColumn(), console=console, transient=True, disable=not terminal) as progress:
             bar = progress.add_task("-", total=None)
@@ -289,15 +329,22 @@ def _cmd_attack(args: argparse.Namespace, console: Console) -> None:
                 console.print(f"[bold red]warning[/bold red]: msg {msg_id}: {text}", highlight=False)
 
             try:
-                outcome = run_job(args.run_dir, AttackTarget("update", None, (msg_id,)), args.preset,
-                                  attack_overrides=attack_overrides, threat=threat, progress=update,
-                                  audit=statement, warn=warn, echo=None if terminal else sys.stderr)
-            except (AttackConfigError, ThreatModelError, GrantError, TrafficLogError, GroundTruthError, ObservationError,
-                    DeploymentCardError, KeyError) as exc:
+                result = execute_job(str(args.run_dir), job_id, audit=statement, raise_refused=REFUSED, progress=update, warn=warn,
+                                     echo=None if terminal else sys.stderr)
+            except REFUSED as exc:
+                if not had_book:
+                    JobBook.remove_if_empty(args.run_dir)  # a refused request leaves nothing behind
                 message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
                 raise UserError(str(message)) from None
-        _print_attack(console, msg_id, outcome.metrics)
-        console.print(f"  outputs: {outcome.out_dir}")
+        if result["state"] == "done":
+            if result.get("before"):
+                console.print(f"msg {msg_id}: attacked before with these settings (job {job_id}); not run again", highlight=False)
+            _print_attack(console, msg_id, result["metrics"])
+            console.print(f"  outputs: {result['out_dir']}")
+        else:
+            failed += result["state"] == "failed"
+            console.print(f"msg {msg_id} (job {job_id}): {_job_state(result)}", highlight=False)
+    return 1 if failed else 0
 
 
 def _print_attack(console: Console, msg_id: int, m: dict) -> None:
@@ -481,13 +528,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 160)
     try:
-        args.func(args, console)
+        code = args.func(args, console)
     except (ConfigError, UserError, TrafficLogError, GroundTruthError) as exc:  # each one line, naming the option or the file
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

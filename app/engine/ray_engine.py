@@ -20,6 +20,7 @@ from flwr.simulation import run_simulation
 from app.netguard import LOOPBACK, apply_offline_env, ray_environment
 from fl_sim.config import EngineConfig
 from fl_sim.node_ids import draw_id, node_ids_for
+from fl_sim.reaper import Reaper
 
 FLOWER_ID_FUNCTION = "generate_rand_int_from_bytes"
 
@@ -85,7 +86,17 @@ def run_ray(server_app: ServerApp, client_app: ClientApp, num_nodes: int, engine
     apply_offline_env()
     # Client processes share this machine: one torch thread each avoids oversubscription.
     os.environ.setdefault("FL_SIM_WORKER_THREADS", "1")
-    init_ray_local(num_cpus=engine.ray_num_cpus or os.cpu_count(), address=engine.ray_address)
+    # A Ray this run starts ends with it, even if the run is SIGKILLed; a cluster it joins is left alone.
+    reaper = Reaper() if not engine.ray_address and not ray.is_initialized() else None
+    try:
+        init_ray_local(num_cpus=engine.ray_num_cpus or os.cpu_count(), address=engine.ray_address)
+        _simulate(server_app, client_app, num_nodes, engine, seed)
+    finally:
+        if reaper is not None:
+            reaper.stop()
+
+
+def _simulate(server_app: ServerApp, client_app: ClientApp, num_nodes: int, engine: EngineConfig, seed: int) -> None:
     logging.getLogger("flwr").setLevel(logging.ERROR)
     backend_config = {
         "client_resources": {"num_cpus": engine.num_cpus_per_client, "num_gpus": engine.num_gpus_per_client},
