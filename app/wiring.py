@@ -34,7 +34,7 @@ from server.rounds import TrainingResult
 
 def role_context(config: RunConfig) -> RoleContext:
     nodes = node_ids_for(config.seed, config.federation.num_clients)
-    return RoleContext(secagg=config.federation.secagg, node_of_partition=dict(enumerate(nodes)))
+    return RoleContext.for_simulation(config.federation.secagg, dict(config.adversary.options), nodes)
 
 
 def partition_of_node(config: RunConfig) -> dict[int, int]:

@@ -24,20 +24,13 @@ MAY_BE_ZERO = frozenset({"seed", "index", "offset", "warmup"})
 ABOVE_ZERO = frozenset({"lr"})
 
 
+# How a preset's value is named in an error, bool before int (a bool is an int to Python).
+_KINDS = ((bool, "true or false"), (int, "an integer"), (float, "a number"), (str, "a string"), (list, "a list"),
+          (dict, "a table"))
+
+
 def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a table"
-    return type(value).__name__
+    return next((name for kind, name in _KINDS if isinstance(value, kind)), type(value).__name__)
 
 
 def _same_kind(value: Any, reference: Any) -> bool:

@@ -14,24 +14,25 @@ from pathlib import Path
 PROC = Path("/proc")
 
 
-def start_time(pid: int) -> int | None:
-    """The process's start (clock ticks since boot); None if it is gone or there is no /proc."""
+def _stat(pid: int) -> list[str] | None:
+    """Fields 3 on of ``/proc/PID/stat`` (None if the process is gone or there is no /proc)."""
     try:
         stat = (PROC / str(pid) / "stat").read_text()
     except OSError:
         return None
     # The name (field 2) is in parentheses and may hold spaces: split after its closing one.
-    fields = stat.rsplit(")", 1)[-1].split()
-    return int(fields[19]) if len(fields) > 19 else None
+    return stat.rsplit(")", 1)[-1].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start (clock ticks since boot); None if it is gone or there is no /proc."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
 
 
 def parent(pid: int) -> int | None:
-    try:
-        stat = (PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    return int(fields[1]) if len(fields) > 1 else None
+    fields = _stat(pid)
+    return int(fields[1]) if fields and len(fields) > 1 else None
 
 
 def token(pid: int | None = None) -> str:

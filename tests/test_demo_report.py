@@ -271,13 +271,15 @@ def test_eval_every_is_refused_with_secagg() -> None:
 
 def test_eavesdropper_taps_the_links_of_named_partitions() -> None:
     nodes = node_ids_for(0, 4)
-    context = RoleContext(secagg=False, node_of_partition=dict(enumerate(nodes)))
-    role = build_role("eavesdropper", {"partitions": [2, 0]}, context)
+    options = {"partitions": [2, 0]}
+    role = build_role("eavesdropper", options, RoleContext.for_simulation(False, options, nodes))
     assert role.tapped == [nodes[2], nodes[0]] and role.fixed
-    with pytest.raises(RoleError, match=r"adversary.options.partitions: no client with partition 7 \(have \[0, 1, 2, 3\]\)"):
-        build_role("eavesdropper", {"partitions": [7]}, context)
+    assert not hasattr(RoleContext.for_simulation(False, options, nodes), "node_of_partition")  # only its own links
+    with pytest.raises(RoleError, match=r"adversary.options.partitions: no client with partition 7 \(have partitions 0-3\)"):
+        build_role("eavesdropper", {"partitions": [7]}, RoleContext.for_simulation(False, {"partitions": [7]}, nodes))
+    both = {"partitions": [1], "nodes": [nodes[0]]}
     with pytest.raises(RoleError, match="give nodes or partitions, not both"):
-        build_role("eavesdropper", {"partitions": [1], "nodes": [nodes[0]]}, context)
+        build_role("eavesdropper", both, RoleContext.for_simulation(False, both, nodes))
 
 
 def test_judge_gives_psnr_and_ssim_levels() -> None:

@@ -33,7 +33,7 @@ def plain_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _replay(run_dir: Path, role_name: str, options: dict, secagg: bool = False):
     """Feed a role every logged message in order, as the tap would; collect what it sees and targets."""
     nodes = node_ids_for(0, 3)
-    role = build_role(role_name, options, RoleContext(secagg, dict(enumerate(nodes))))
+    role = build_role(role_name, options, RoleContext.for_simulation(secagg, options, nodes))
     log = TrafficLog.open(run_dir)
     seen, targets = [], []
     for m in log.messages():
@@ -234,7 +234,7 @@ def test_a_failing_role_is_recorded_and_training_goes_on(engine: str, tiny, tmp_
 
 def test_malicious_client_partition_must_exist() -> None:
     with pytest.raises(RoleError, match="adversary.options.partition"):
-        build_role("malicious-client", {"partition": 7}, RoleContext(False, {0: 11, 1: 12}))
+        build_role("malicious-client", {"partition": 7}, RoleContext.for_simulation(False, {"partition": 7}, [11, 12]))
 
 
 def test_crashed_ray_worker_is_restarted_and_its_attack_retried(plain_run: Path, tmp_path: Path) -> None:
@@ -288,4 +288,4 @@ def test_curious_server_under_secure_aggregation_attacks_the_aggregate(tiny) -> 
 
 def test_malicious_client_refuses_secure_aggregation() -> None:
     with pytest.raises(RoleError, match="secagg"):
-        build_role("malicious-client", {"partition": 0}, RoleContext(True, {0: 11, 1: 12}))
+        build_role("malicious-client", {"partition": 0}, RoleContext.for_simulation(True, {"partition": 0}, [11, 12]))

@@ -10,7 +10,7 @@ them. Roles are registered by name; a user's own role plugs in as
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from adversary.traffic_log import TrafficView
@@ -79,15 +79,32 @@ class AttackTarget:
 
 @dataclass(frozen=True)
 class RoleContext:
-    """What the simulation tells a role when it is built.
+    """What the simulation tells a role when it is built, and nothing more.
 
     ``secagg``: the deployment runs secure aggregation (individual uploads are masked).
-    ``node_of_partition``: simulation bookkeeping, which node holds which partition, so a
-    configured malicious client (``partition``) can be placed; the role learns only its own node.
+    ``placed``: the node ids of the simulated clients the role's ``partition`` or ``partitions``
+    option names (a malicious client's own node, the links an eavesdropper is wired onto; partition 0
+    when neither is given), in the order named, for those that exist; ``num_partitions``: how many there are, to say so. Which
+    node holds which partition otherwise is simulation bookkeeping a role never gets.
     """
 
     secagg: bool = False
-    node_of_partition: dict[int, int] = field(default_factory=dict)
+    placed: tuple[int, ...] = ()
+    num_partitions: int = 0
+
+    @classmethod
+    def for_simulation(cls, secagg: bool, options: dict[str, Any], nodes: list[int]) -> RoleContext:
+        """The context of a role with ``options`` in a federation whose partition ``p`` runs on ``nodes[p]``."""
+        # Neither option: partition 0, where a role that is placed without saying where (a malicious client) sits.
+        asked = options.get("partitions") if "partitions" in options else [options.get("partition", 0)]
+        placed = tuple(nodes[p] for p in asked or [] if isinstance(p, int) and not isinstance(p, bool) and 0 <= p < len(nodes))
+        return cls(secagg=secagg, placed=placed, num_partitions=len(nodes))
+
+    def missing(self, option: str, asked: list[int]) -> RoleError:
+        """The error for ``asked`` partitions that are not all in ``placed``."""
+        bad = [p for p in asked if not (isinstance(p, int) and 0 <= p < self.num_partitions)]
+        have = f"partitions 0-{self.num_partitions - 1}" if self.num_partitions else "no partitions"
+        return RoleError(f"adversary.options.{option}: no client with partition {bad[0] if bad else asked} (have {have})")
 
 
 class Role:

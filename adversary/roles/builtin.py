@@ -44,11 +44,9 @@ class Eavesdropper(Role):
         self.links, self.rounds = links, list(rounds or [])
         self.tapped: list[int] = [int(n) for n in nodes or []]
         if partitions:
-            missing = sorted(set(partitions) - set(context.node_of_partition))
-            if missing:
-                raise RoleError(f"adversary.options.partitions: no client with partition {missing[0]} "
-                                f"(have {sorted(context.node_of_partition)})")
-            self.tapped = [int(context.node_of_partition[p]) for p in partitions]
+            if len(context.placed) != len(partitions):
+                raise context.missing("partitions", list(partitions))
+            self.tapped = [int(n) for n in context.placed]
         self.fixed = bool(self.tapped)
         self.directions = set(directions or ["up", "down"])
         if not self.directions <= {"up", "down"}:
@@ -126,11 +124,9 @@ class MaliciousClient(Role):
         if context.secagg:
             raise RoleError("adversary.role: malicious-client is not supported with federation.secagg yet "
                             "(its own upload is masked in the log); use curious-server")
-        node_of = context.node_of_partition
-        if partition not in node_of:
-            raise RoleError(f"adversary.options.partition: no client with partition {partition} "
-                            f"(have {sorted(node_of)})")
-        self.node = int(node_of[partition])
+        if len(context.placed) != 1:
+            raise context.missing("partition", [partition])
+        self.node = int(context.placed[0])
         self.rounds = list(rounds or [])
         self.models: dict[int, int] = {}
         self.own_reply: dict[int, int] = {}

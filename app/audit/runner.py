@@ -121,7 +121,7 @@ def run_audit(
     node_ids = node_ids_for(seed, nodes)  # both engines draw node ids from the seed
     write_json_atomic(run_dir / SIMULATION_JSON, {"partition_of_node": {str(n): p for p, n in enumerate(node_ids)},
                                                   "num_partitions": nodes})
-    context = RoleContext(secagg=False, node_of_partition=dict(enumerate(node_ids)))
+    context = RoleContext.for_simulation(False, dict(adversary.options) if adversary is not None else {}, node_ids)
 
     @contextlib.contextmanager
     def around(grid: Grid) -> Iterator[Grid]:
