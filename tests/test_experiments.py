@@ -36,7 +36,8 @@ def test_tradeoff_smoke_produces_paper_layout_tables(tradeoff) -> None:
     assert set(rows) == {"Test accuracy (%)", TIME_ROW, "bs=2 LPIPS avg", "bs=2 LPIPS best", "bs=2 LPIPS std"}
     for value in rows["bs=2 LPIPS avg"]:
         assert value is not None and 0.0 <= value <= 1.5
-    assert rows[TIME_ROW][0] == 1.0 and all(r > 0.5 for r in rows[TIME_ROW][1:])  # measured side by side
+    # measured side by side; within the noise it says so rather than print a ratio below 1
+    assert rows[TIME_ROW][0] == 1.0 and all(r > 0.5 if isinstance(r, float) else r.startswith("~1 (") for r in rows[TIME_ROW][1:])
     assert any(n.startswith("Training time: a client round") for n in table.notes)
     for name in ("table_strongest.csv", "table_strongest.md"):
         assert (outcome.out_dir / "tables" / name).is_file()
