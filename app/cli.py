@@ -7,6 +7,7 @@ with status 2; nothing is written before the input is known to be good.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -290,12 +291,14 @@ REFUSED = (AttackConfigError, ThreatModelError, GrantError, TrafficLogError, Gro
            DeploymentCardError, KeyError)
 
 
-def _cli_job(args: argparse.Namespace, msg_id: int, attack_overrides: dict, threat: dict) -> int:
-    """The job book's entry for this command's attack on ``msg_id``: the same request finds the same job
-    (done: skipped; killed: resumable with --resume; failed: tried again)."""
+def _cli_job(args: argparse.Namespace, msg_id: int, attack_overrides: dict, threat: dict, statement: AuditStatement) -> int:
+    """The job book's entry for this command's attack on ``msg_id``: the same request (preset, --set and
+    every statement about the app: model, recipe, data) finds the same job (done: skipped; killed:
+    resumable with --resume; failed: tried again); any other request is a job of its own."""
     target = AttackTarget("update", None, (msg_id,))
     preset = args.preset or ""  # none named: the attack's default for the run (the book's column is text)
-    variant = hashlib.sha256(json.dumps([attack_overrides, threat], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    request = [attack_overrides, threat, dataclasses.asdict(statement)]
+    variant = hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()[:12]
     book = JobBook(args.run_dir)
     try:
         job_id = book.add(CLI_ROLE, target, preset, attack_overrides, threat, variant=variant)
@@ -317,7 +320,7 @@ def _cmd_attack(args: argparse.Namespace, console: Console) -> int:
     failed = 0
     had_book = JobBook.exists(args.run_dir)
     for msg_id in targets:
-        job_id = _cli_job(args, msg_id, attack_overrides, threat)
+        job_id = _cli_job(args, msg_id, attack_overrides, threat, statement)
         with Progress(TextColumn(f"attack msg {msg_id}"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.description}"),
                       TimeElapsedColumn(), console=console, transient=True, disable=not terminal) as progress:
             bar = progress.add_task("-", total=None)
