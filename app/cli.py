@@ -44,6 +44,7 @@ from fl_sim.deployment import DeploymentCardError
 from fl_sim.ground_truth import GroundTruthError
 from fl_sim.models import ModelError
 from fl_sim.rundir import read_summary
+from fl_sim.safe_paths import output_folder_problem
 from fl_sim.threat import ThreatModelError
 
 EXIT_USAGE = 2
@@ -149,6 +150,10 @@ def _cmd_traffic_show(args: argparse.Namespace, console: Console) -> None:
 
 
 def _cmd_traffic_export(args: argparse.Namespace, console: Console) -> None:
+    target = Path(args.out)
+    problem = output_folder_problem(target.parent) or (f"{target} is a folder; name the file to write" if target.is_dir() else None)
+    if problem:
+        raise UserError(f"--out: {problem}")
     with TrafficLog.open(args.run_dir) as log:
         out = log.export(args.msg_id, args.out)
     console.print(f"wrote {out}")
@@ -199,6 +204,9 @@ def _statement(args: argparse.Namespace, root: str | None = None) -> AuditStatem
 
 
 def _cmd_audit(args: argparse.Namespace, console: Console) -> None:
+    problem = output_folder_problem(Path(args.out or "runs"))
+    if problem:
+        raise UserError(f"--out: {problem}")
     try:
         spec = load_app_spec(args.app, args.clientapp)
         statement = _statement(args, str(spec.root) if spec.root else None)

@@ -129,3 +129,29 @@ def test_a_damaged_experiment_folder_is_named(tmp_path: Path, capsys: pytest.Cap
     cell.write_bytes(b"{truncated")  # a run over a damaged cell computes it again
     again = run_experiment("label_histogram", "smoke", ["batch_sizes=[16]", "batches=5"], tmp_path)
     assert again.ran == 1 and json.loads(cell.read_text())["cell"] == "b16"
+
+
+def test_traffic_export_to_a_path_below_a_file_or_to_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from adversary.traffic_log import TrafficLog
+    from app.simulation import run_simulation
+    from tests.conftest import tiny_config
+
+    run_dir = run_simulation(tiny_config(tmp_path / "runs", "federation.rounds=1")).run_dir
+    msg = TrafficLog.open(run_dir).messages()[0].id
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    capsys.readouterr()
+    for out, expected in ((afile / "x.safetensors", f"--out: {afile} is a file, not a folder"),
+                          (tmp_path, f"--out: {tmp_path} is a folder; name the file to write")):
+        assert main(["traffic", "export", str(run_dir), str(msg), "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {expected}"
+    assert afile.read_text() == "mine"
+    assert main(["traffic", "export", str(run_dir), str(msg), "--out", str(tmp_path / "new" / "x.safetensors")]) == 0
+    assert (tmp_path / "new" / "x.safetensors").stat().st_size > 0
+
+
+def test_audit_out_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    assert main(["audit", str(tmp_path), "--out", str(afile)]) == 2  # checked before the app is even looked at
+    assert capsys.readouterr().err.strip() == f"error: --out: {afile} is a file, not a folder"
