@@ -4,9 +4,10 @@ Lives in ``RUN_DIR/adversary/jobs.sqlite`` (WAL). Jobs still ``pending`` or
 ``running`` when the simulation (and Ray) shut down stay in the book and are
 picked up by ``fl-sim attack --resume RUN_DIR``. A process runs a job only after
 claiming it in one statement (pending, or running for a process that is gone), so
-two resumers, or a resumer and a restarted worker, never run the same job twice. A job's outputs are read back
-as ``RUN_DIR/attacks/NAME`` from the plain folder name the book records, never
-from a path written in it (a shared book may have been edited).
+two resumers, or a resumer and a restarted worker, never run the same job twice.
+A job's outputs are read back as ``RUN_DIR/attacks/NAME`` from the plain folder
+name the book records, never from a path written in it (a shared book may have
+been edited).
 """
 
 from __future__ import annotations

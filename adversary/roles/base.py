@@ -77,6 +77,10 @@ class AttackTarget:
                    bool(data.get("from_aggregate") or info.get("aggregate")), tuple(data.get("nodes") or info.get("nodes") or ()))
 
 
+def _is_partition(value: object, count: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < count
+
+
 @dataclass(frozen=True)
 class RoleContext:
     """What the simulation tells a role when it is built, and nothing more.
@@ -84,8 +88,9 @@ class RoleContext:
     ``secagg``: the deployment runs secure aggregation (individual uploads are masked).
     ``placed``: the node ids of the simulated clients the role's ``partition`` or ``partitions``
     option names (a malicious client's own node, the links an eavesdropper is wired onto; partition 0
-    when neither is given), in the order named, for those that exist; ``num_partitions``: how many there are, to say so. Which
-    node holds which partition otherwise is simulation bookkeeping a role never gets.
+    when neither is given), in the order named, for those that exist; ``num_partitions``: how many
+    there are, to say so. Which node holds which partition otherwise is simulation bookkeeping a
+    role never gets.
     """
 
     secagg: bool = False
@@ -97,12 +102,12 @@ class RoleContext:
         """The context of a role with ``options`` in a federation whose partition ``p`` runs on ``nodes[p]``."""
         # Neither option: partition 0, where a role that is placed without saying where (a malicious client) sits.
         asked = options.get("partitions") if "partitions" in options else [options.get("partition", 0)]
-        placed = tuple(nodes[p] for p in asked or [] if isinstance(p, int) and not isinstance(p, bool) and 0 <= p < len(nodes))
+        placed = tuple(nodes[p] for p in asked or [] if _is_partition(p, len(nodes)))
         return cls(secagg=secagg, placed=placed, num_partitions=len(nodes))
 
     def missing(self, option: str, asked: list[int]) -> RoleError:
         """The error for ``asked`` partitions that are not all in ``placed``."""
-        bad = [p for p in asked if not (isinstance(p, int) and 0 <= p < self.num_partitions)]
+        bad = [p for p in asked if not _is_partition(p, self.num_partitions)]
         have = f"partitions 0-{self.num_partitions - 1}" if self.num_partitions else "no partitions"
         return RoleError(f"adversary.options.{option}: no client with partition {bad[0] if bad else asked} (have {have})")
 
