@@ -68,12 +68,15 @@ def attack_line(job: Job, describe: Describe = plain_client) -> str:
 
 
 class JobFeed:
-    """Prints each job of ``run_dir``'s book once it is done or failed (a daemon thread polling the book)."""
+    """Prints each job of ``run_dir``'s book once it is done or failed, and each note the adversary
+    leaves there (how its role's process is confined) once it appears (a daemon thread polling the book)."""
 
     def __init__(self, run_dir: str | Path, emit: Callable[[str], None], describe: Describe = plain_client,
                  every_s: float = 1.0) -> None:
         self.run_dir, self.emit, self.describe, self.every_s = Path(run_dir), emit, describe, every_s
         self.reported: set[int] = set()
+        self.noted: set[str] = set()
+        self._polling = threading.Lock()  # the feed's thread and the run's end may poll at once
         self._stop = threading.Event()
         self._progress: tuple[Path, float, float] | None = None
         self._thread = threading.Thread(target=self._loop, name="fl-sim-job-feed", daemon=True)
@@ -86,6 +89,14 @@ class JobFeed:
         return len(self._jobs(("pending", "running")))
 
     def poll(self) -> None:
+        with self._polling:
+            self._poll()
+
+    def _poll(self) -> None:
+        for topic, text in self._notes().items():
+            if topic not in self.noted:
+                self.noted.add(topic)
+                self.emit(f"adversary: {text}")
         for job in self._jobs(("done", "failed")):
             if job.id not in self.reported:
                 self.reported.add(job.id)
@@ -114,11 +125,17 @@ class JobFeed:
         self.poll()
 
     def _jobs(self, states: tuple[str, ...]) -> list[Job]:
+        return self._read(lambda book: book.jobs(states), [])
+
+    def _notes(self) -> dict[str, str]:
+        return self._read(JobBook.notes, {})
+
+    def _read(self, query: Callable[[JobBook], Any], empty: Any) -> Any:
         if not JobBook.exists(self.run_dir):
-            return []
+            return empty
         book = JobBook(self.run_dir)
         try:
-            return book.jobs(states)
+            return query(book)
         finally:
             book.close()
 

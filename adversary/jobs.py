@@ -55,6 +55,12 @@ CREATE TABLE IF NOT EXISTS faults (
     error TEXT NOT NULL,
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS notes (
+    topic TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    text TEXT NOT NULL,
+    at REAL NOT NULL
+);
 """
 
 
@@ -184,6 +190,17 @@ class JobBook:
         with self._lock:
             return [(str(r), str(s), str(e)) for r, s, e in
                     self._conn.execute("SELECT role, stage, error FROM faults ORDER BY id").fetchall()]
+
+    def record_note(self, role: str, topic: str, text: str) -> None:
+        """What the run should tell about its adversary besides jobs (``topic``: e.g. how the role's
+        process is confined); one text a topic, the latest kept."""
+        with self._lock, self._conn:
+            self._conn.execute("INSERT OR REPLACE INTO notes (topic, role, text, at) VALUES (?, ?, ?, ?)",
+                               (topic, role, text, time.time()))
+
+    def notes(self) -> dict[str, str]:
+        with self._lock:
+            return {str(t): str(x) for t, x in self._conn.execute("SELECT topic, text FROM notes ORDER BY at").fetchall()}
 
     def close(self) -> None:
         self._conn.close()

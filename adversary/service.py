@@ -7,7 +7,9 @@ exist, CPU workers otherwise. A worker that dies is restarted by Ray and its
 attack retried once. The simulation does not wait for attacks while it trains;
 at the end of the run it waits for them (``adversary.wait``) or leaves them in
 the job book as pending, for ``fl-sim attack --resume``. Under the inline
-engine the same logic runs on threads.
+engine the same logic runs on threads. Under both, the role itself runs in a
+process of its own (:mod:`adversary.role_process`), confined where the kernel
+allows it, and only this module writes what it asks for into the job book.
 
 Every result is written into the run directory by the worker that computed it,
 so nothing is lost when Flower shuts Ray down.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +29,10 @@ import torch
 
 from adversary.job import run_job
 from adversary.jobs import JobBook
-from adversary.roles import AttackTarget, Intercept, Role, RoleContext, RoleError, build_role
+from adversary.role_process import Confinement, RoleFault, RoleProcess, lookup_path
+from adversary.roles import AttackTarget, Intercept, RoleContext, ServerAggregate
 from adversary.statement import AuditStatement
-from adversary.traffic_log import TrafficLog, TrafficView
+from adversary.traffic_log import TrafficLog
 from fl_sim.config import AdversaryConfig
 from fl_sim.validation import exception_line
 
@@ -71,62 +75,79 @@ def execute_job(run_dir: str, job_id: int, audit: AuditStatement | None = None, 
         book.close()
 
 
-def _first_line(exc: BaseException) -> str:
-    if isinstance(exc, RoleError) and str(exc).strip():  # already one line naming the key
-        return str(exc).strip().splitlines()[0]
-    return exception_line(exc)
+ROLE_PROCESS_NOTE = "role-process"
 
 
 class AdversaryCore:
-    """The role and the job book: turns intercepts into scheduled jobs.
+    """The role's process and the job book: turns intercepts into scheduled jobs.
 
-    A role that fails (its constructor, ``observe``) is recorded in the book's faults and dropped:
-    the run trains on, attacks already scheduled finish, and the run's summary names the failure."""
+    The role runs in its own process (:class:`RoleProcess`), fed the intercepted messages as data;
+    its targets are booked here, the only writer it has. A role that fails (its constructor,
+    ``observe``, its process) is recorded in the book's faults and dropped: the run trains on,
+    attacks already scheduled finish, and the run's summary names the failure. Calls come from one
+    thread (the inline engine's role thread, the Ray actor's)."""
 
-    def __init__(self, run_dir: str, config: AdversaryConfig, context: RoleContext) -> None:
+    def __init__(self, run_dir: str, config: AdversaryConfig, context: RoleContext, sys_path: list[str]) -> None:
         self.run_dir = run_dir
         self.config = config
         self.book = JobBook(run_dir)
         self.scheduled = 0
-        self.role: Role | None = None
+        self.confinement: Confinement | None = None
+        self._log: TrafficLog | None = None
+        self.role: RoleProcess | None = None
         try:
-            self.role = build_role(config.role, dict(config.options), context)
-        except Exception as exc:  # a plug-in is built only here, and may fail in any way
-            self._fail("built", exc)
+            self.role = RoleProcess(run_dir, config.role, dict(config.options), context, sys_path)
+        except RoleFault as fault:
+            self._fail(fault)
 
-    def _fail(self, stage: str, exc: BaseException) -> None:
-        self.book.record_fault(self.config.role, stage, _first_line(exc))
+    def start(self) -> None:
+        """Wait for the role's process to have built the role (its first call, off the training's path);
+        the book notes how the process is confined."""
+        role = self.role
+        if role is None:
+            return
+        try:
+            role.start()
+        except RoleFault as fault:
+            self._fail(fault)
+        self.confinement = role.confinement
+        if self.confinement is not None:
+            self.book.record_note(self.config.role, ROLE_PROCESS_NOTE, self.confinement.line())
+
+    def _fail(self, fault: RoleFault) -> None:
+        self.book.record_fault(self.config.role, fault.stage, fault.line)
+        if self.role is not None:
+            self.role.close()
         self.role = None
 
+    def _full(self) -> bool:
+        return self.config.max_attacks is not None and self.scheduled >= self.config.max_attacks
+
     def on_intercept(self, event: Intercept) -> list[int]:
-        if self.role is None or (self.config.max_attacks is not None and self.scheduled >= self.config.max_attacks):
+        if self.role is None or self._full():
             return []
+        self._log = self._log or TrafficLog.open(self.run_dir)
         try:
-            with TrafficLog.open(self.run_dir) as log:
-                targets = self.role.observe(event, TrafficView(log))
-            return self._schedule(targets)
-        except Exception as exc:  # the role's code; the run goes on without it
-            self._fail("observe", exc)
+            return self._schedule(self.role.observe(replace(event, message=self._log.message(event.log_id))))
+        except RoleFault as fault:  # the role's code; the run goes on without it
+            self._fail(fault)
             return []
 
-    def on_server_aggregate(self, aggregate: Any) -> list[int]:
+    def on_server_aggregate(self, aggregate: ServerAggregate) -> list[int]:
         """The server's own unmasked aggregate of a round (only a malicious server's role uses it)."""
-        observe = getattr(self.role, "observe_aggregate", None)
-        if observe is None:
+        if self.role is None or self._full():
             return []
         try:
-            return self._schedule(observe(aggregate))
-        except Exception as exc:
-            self._fail("observe_aggregate", exc)
+            return self._schedule(self.role.observe_aggregate(aggregate))
+        except RoleFault as fault:
+            self._fail(fault)
             return []
 
-    def _schedule(self, targets: list[Any]) -> list[int]:
+    def _schedule(self, targets: list[AttackTarget]) -> list[int]:
         ids = []
         for target in targets:
-            if self.config.max_attacks is not None and self.scheduled >= self.config.max_attacks:
+            if self._full():
                 break
-            if not isinstance(target, AttackTarget):
-                raise RoleError(f"the role returned a {type(target).__name__}, not an AttackTarget")
             job = self.book.add(self.config.role, target, self.config.preset, dict(self.config.attack),
                                 self.config.threat.chosen())
             if job is not None:
@@ -134,24 +155,46 @@ class AdversaryCore:
                 self.scheduled += 1
         return ids
 
+    def close(self) -> None:
+        if self.role is not None:
+            self.role.close()
+            self.role = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
 
 class ThreadAdversary:
-    """Inline engine: the same core, attacks on a thread pool."""
+    """Inline engine: the same core, the role fed from one thread (training does not wait for it),
+    attacks on a thread pool."""
 
-    def __init__(self, run_dir: str, config: AdversaryConfig, context: RoleContext) -> None:
-        self.core = AdversaryCore(run_dir, config, context)
+    def __init__(self, run_dir: str, config: AdversaryConfig, context: RoleContext, sys_path: list[str]) -> None:
+        self.core = AdversaryCore(run_dir, config, context, sys_path)
+        self.feeder = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="role")
+        self.feeder.submit(self.core.start)
+        self.drained = False
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=config.workers or 1, thread_name_prefix="attack")
         self.futures: list[concurrent.futures.Future] = []
 
-    def on_intercept(self, event: Intercept) -> None:
-        for job in self.core.on_intercept(event):
+    def _submit(self, jobs: list[int]) -> None:
+        for job in jobs:
             self.futures.append(self.pool.submit(execute_job, self.core.run_dir, job))
 
-    def on_server_aggregate(self, aggregate: Any) -> None:
-        for job in self.core.on_server_aggregate(aggregate):
-            self.futures.append(self.pool.submit(execute_job, self.core.run_dir, job))
+    def on_intercept(self, event: Intercept) -> None:
+        self.feeder.submit(lambda: self._submit(self.core.on_intercept(event)))
+
+    def on_server_aggregate(self, aggregate: ServerAggregate) -> None:
+        self.feeder.submit(lambda: self._submit(self.core.on_server_aggregate(aggregate)))
+
+    def drain(self) -> None:
+        """Wait until the role has seen every message (its jobs are in the book), then end its process."""
+        if not self.drained:
+            self.drained = True
+            self.feeder.submit(self.core.close)
+            self.feeder.shutdown(wait=True)
 
     def finish(self, wait: bool) -> dict[str, int]:
+        self.drain()
         if wait:
             concurrent.futures.wait(self.futures)
             self.pool.shutdown(wait=True)
@@ -169,6 +212,17 @@ def _states(run_dir: str) -> dict[str, int]:
         for job in book.jobs():
             counts[job.state] = counts.get(job.state, 0) + 1
         return counts
+    finally:
+        book.close()
+
+
+def role_process_note(run_dir: str | Path) -> str | None:
+    """How the run's role process was confined, as the job book noted it (None without a role)."""
+    if not JobBook.exists(run_dir):
+        return None
+    book = JobBook(run_dir)
+    try:
+        return book.notes().get(ROLE_PROCESS_NOTE)
     finally:
         book.close()
 
@@ -197,10 +251,11 @@ def _ray_classes() -> tuple[Any, Any]:
     @ray.remote(num_cpus=0)
     class AdversaryActor:
         def __init__(self, run_dir: str, config_json: str, context: RoleContext, worker_options: dict[str, Any],
-                     num_workers: int) -> None:
+                     num_workers: int, sys_path: list[str]) -> None:
             config = AdversaryConfig.model_validate_json(config_json)
-            self.core = AdversaryCore(run_dir, config, context)
+            self.core = AdversaryCore(run_dir, config, context, sys_path)
             self.workers = [AttackWorker.options(**worker_options).remote() for _ in range(num_workers)]
+            self.core.start()
             self.refs: list[Any] = []
             self.next = 0
 
@@ -224,7 +279,11 @@ def _ray_classes() -> tuple[Any, Any]:
             """For fault-tolerance tests: crash a worker; Ray restarts it and retries its task."""
             ray.kill(self.workers[index], no_restart=False)
 
+        def drain(self) -> None:
+            self.core.close()  # after every on_intercept sent before: an actor runs its calls in order
+
         def finish(self, wait: bool) -> list[dict[str, Any]]:
+            self.core.close()
             if not wait:
                 return []
             done = []
@@ -241,14 +300,13 @@ def _ray_classes() -> tuple[Any, Any]:
 class RayAdversary:
     """Ray engine: a named adversary actor and a pool of attack workers."""
 
-    def __init__(self, run_dir: str, config: AdversaryConfig, context: RoleContext) -> None:
-
+    def __init__(self, run_dir: str, config: AdversaryConfig, context: RoleContext, sys_path: list[str]) -> None:
         _, actor_cls = _ray_classes()
         gpus = int(ray.cluster_resources().get("GPU", 0))
         worker_options: dict[str, Any] = {"num_cpus": config.worker_cpus, "num_gpus": 1 if gpus >= 1 else 0}
         self.run_dir = run_dir
         self.actor = actor_cls.options(name=ACTOR_NAME, get_if_exists=False).remote(
-            run_dir, config.model_dump_json(), context, worker_options, config.workers or max(1, gpus)
+            run_dir, config.model_dump_json(), context, worker_options, config.workers or max(1, gpus), sys_path
         )
 
     def on_intercept(self, event: Intercept) -> None:
@@ -257,13 +315,18 @@ class RayAdversary:
     def on_server_aggregate(self, aggregate: Any) -> None:
         self.actor.on_server_aggregate.remote(aggregate)
 
+    def drain(self) -> None:
+        ray.get(self.actor.drain.remote())
+
     def finish(self, wait: bool) -> dict[str, int]:
         ray.get(self.actor.finish.remote(wait))
         return _states(self.run_dir)
 
 
 def start_adversary(run_dir: str | Path, config: AdversaryConfig, context: RoleContext, engine: str) -> Any:
-    """The adversary for this engine (Ray actor or threads)."""
+    """The adversary for this engine (Ray actor or threads), its role started in its own process; the
+    role's modules are looked up on this process's ``sys.path`` (a relative entry taken from here)."""
+    sys_path = lookup_path()
     if engine == "ray":
-        return RayAdversary(str(run_dir), config, context)
-    return ThreadAdversary(str(run_dir), config, context)
+        return RayAdversary(str(run_dir), config, context, sys_path)
+    return ThreadAdversary(str(run_dir), config, context, sys_path)

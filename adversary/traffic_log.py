@@ -126,6 +126,20 @@ class MessageInfo(MessageMeta):
     tensors: tuple[TensorInfo, ...] = field(default=())
 
 
+def message_to_json(info: MessageInfo) -> dict[str, Any]:
+    """A message's index entry as plain data (what the adversary's role process is handed)."""
+    data = {k: getattr(info, k) for k in MessageInfo.__dataclass_fields__ if k != "tensors"}
+    data["metrics"], data["config"] = dict(info.metrics), dict(info.config)
+    data["tensors"] = [[t.name, list(t.shape), t.dtype, t.l2] for t in info.tensors]
+    return data
+
+
+def message_from_json(data: dict[str, Any]) -> MessageInfo:
+    fields = {k: v for k, v in data.items() if k in MessageInfo.__dataclass_fields__ and k != "tensors"}
+    tensors = tuple(TensorInfo(str(n), tuple(int(d) for d in shape), str(dtype), float(l2)) for n, shape, dtype, l2 in data["tensors"])
+    return MessageInfo(**fields, tensors=tensors)
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")

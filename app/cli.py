@@ -26,7 +26,7 @@ from adversary.job import AuditStatement, run_job
 from adversary.jobs import JobBook
 from adversary.observation import ObservationError, client_updates
 from adversary.roles import AttackTarget
-from adversary.service import execute_job
+from adversary.service import execute_job, role_faults, role_process_note
 from adversary.traffic_log import TrafficLog, TrafficLogError
 from adversary.traffic_stats import round_metrics
 from app.audit import AuditError, load_app_spec, run_audit
@@ -236,6 +236,8 @@ def _cmd_audit(args: argparse.Namespace, console: Console) -> None:
     for rnd, kind, replies, means in rows:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in means.items()) or "no metrics"
         console.print(f"  round {rnd} {kind}: {replies} replies; mean {shown}")
+    for line in ([note] if (note := role_process_note(outcome.run_dir)) else []) + role_faults(outcome.run_dir):
+        console.print(f"adversary: {line}", highlight=False, soft_wrap=True)
     console.print(f"run directory: {outcome.run_dir}")
     console.print(f"the app's own output: {outcome.run_dir / APP_LOG}")
     console.print(f"intercepted traffic: fl-sim traffic list {outcome.run_dir}")

@@ -13,8 +13,9 @@ from adversary.attacks import preset_config
 from adversary.malicious.detection import vetting_detection
 from adversary.malicious.server import MaliciousServerError
 from adversary.malicious.wrapper import strategy_from_config
+from adversary.role_process import check_plugin
 from adversary.roles import RoleError, check_role
-from adversary.service import role_faults
+from adversary.service import role_faults, role_process_note
 from app.engine import run_engine
 from app.wiring import role_context, server_app_for
 from clients.app import make_client_app
@@ -56,7 +57,10 @@ def validate_adversary(config: RunConfig) -> None:
     if not config.tap.enabled:
         raise ConfigError("adversary.role: an adversary needs the tap; set tap.enabled = true")
     try:
-        check_role(config.adversary.role, dict(config.adversary.options), role_context(config))
+        if ":" in config.adversary.role:  # a plug-in: loaded only in a role process of its own
+            check_plugin(config.adversary.role, dict(config.adversary.options), role_context(config))
+        else:
+            check_role(config.adversary.role, dict(config.adversary.options), role_context(config))
         preset_config(config.adversary.preset, dict(config.adversary.attack))
     except (RoleError, AttackConfigError) as exc:
         raise ConfigError(str(exc).replace("\n", " ")) from None
@@ -115,6 +119,7 @@ def run_simulation(config: RunConfig, *, command: list[str] | None = None, quiet
             "engine": config.engine.name,
             "per_round": [r.as_dict() for r in result.rounds],
             **_vetting_summary(config, run_dir),
+            **({"role_process": note} if (note := role_process_note(run_dir)) else {}),
             **({"role_faults": faults} if (faults := role_faults(run_dir)) else {}),
         },
     )

@@ -75,6 +75,9 @@ def tapped_session(grid: Grid, run_dir: Path, adversary: AdversaryConfig | None,
     finally:
         if attacker is not None:
             wait = adversary.wait if adversary is not None else True
+            attacker.drain()  # the role has seen every message: its attacks are all in the book
+            if feed is not None:
+                feed.poll()
             if feed is not None and wait and (left := feed.unfinished()):
                 console.print(f"training done; waiting for {left} unfinished attack{'s' if left > 1 else ''} "
                               f"(progress: {run_dir / PROGRESS_LOG})", highlight=False, soft_wrap=True)

@@ -185,10 +185,11 @@ def test_mismatched_model_is_one_clear_line(tmp_path: Path, capsys: pytest.Captu
     assert code == 2 and err.startswith("error: --model:") and len(err.splitlines()) == 1
 
 
-def test_audit_with_a_role_attacks_while_the_app_runs(tmp_path: Path) -> None:
+def test_audit_with_a_role_attacks_while_the_app_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from adversary.jobs import JobBook
 
     run_dir = _audit(tmp_path, "quickstart-message-api", *MSG_MODEL, "--role", "curious-server",
                      "--set", "attack.iterations=5", *GRANTS)
     jobs = JobBook(run_dir).jobs()
     assert len(jobs) == 2 and {j.state for j in jobs} == {"done"}
+    assert "adversary: the role runs in its own process" in capsys.readouterr().out  # and whether it is confined

@@ -13,7 +13,8 @@ from adversary.jobs import JobBook
 from adversary.roles import Intercept, RoleContext, RoleError, build_role, check_role
 from adversary.traffic_log import TrafficLog, TrafficView
 from app.cli import main
-from app.simulation import run_simulation
+from adversary.confinement import landlock_unavailable
+from app.simulation import run_simulation, validate_adversary
 from fl_sim.config import ConfigError
 from fl_sim.ground_truth import GroundTruth
 from fl_sim.node_ids import node_ids_for
@@ -161,6 +162,29 @@ def test_a_config_naming_a_callable_that_is_not_a_role_gets_it_refused_uncalled(
     assert kept.read_text() == "precious" and not (tmp_path / "runs").exists()
 
 
+def test_a_plug_in_role_is_not_even_imported_by_the_run_that_validates_it(tiny, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config's plug-in is checked in a confined role process: its module-level code never runs in the driver."""
+    (tmp_path / "import_time_roles.py").write_text(textwrap.dedent(f"""
+        from pathlib import Path
+        from adversary.roles import Role
+        try:
+            Path({str(tmp_path / "marker.txt")!r}).write_text("module code ran")
+        except PermissionError:
+            pass  # confined: it cannot write outside its scratch folder
+        class Quiet(Role):
+            def __init__(self, *, volume=1, context):
+                pass
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    validate_adversary(tiny(*BASE, "adversary.role=import_time_roles:Quiet", "adversary.options={volume=3}"))
+    assert "import_time_roles" not in sys.modules
+    if landlock_unavailable() is None:
+        assert not (tmp_path / "marker.txt").exists()
+    with pytest.raises(ConfigError, match="adversary.options.colour: the role import_time_roles:Quiet does not take it"):
+        validate_adversary(tiny(*BASE, "adversary.role=import_time_roles:Quiet", "adversary.options={colour=3}"))
+
+
 def test_a_plug_in_role_is_not_called_while_the_config_is_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "loud_roles.py").write_text(textwrap.dedent("""
         from adversary.roles import Role
@@ -170,7 +194,7 @@ def test_a_plug_in_role_is_not_called_while_the_config_is_validated(tmp_path: Pa
                 CALLS.append(volume)
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    check_role("loud_roles:Loud", {"volume": 3}, RoleContext())
+    check_role("loud_roles:Loud", {"volume": 3}, RoleContext())  # as the role process runs it
     import loud_roles  # type: ignore[import-not-found]
     assert loud_roles.CALLS == []
     with pytest.raises(RoleError, match="adversary.options.colour: the role loud_roles:Loud does not take it"):

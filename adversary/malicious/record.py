@@ -25,21 +25,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adversary.malicious.server import Broadcast
+from adversary.roles.base import ServerAggregate
 
 ADVERSARY_DIR = "adversary"
 MANIPULATIONS_JSONL = "manipulations.jsonl"
 MANIPULATIONS_DIR = "manipulations"
 AGGREGATES_DIR = "aggregates"
-
-
-@dataclass(frozen=True)
-class ServerAggregate:
-    """One round's unmasked mean update as the server computed it (its tensors are in the record)."""
-
-    round: int
-    nodes: tuple[int, ...]
-    num_examples: int
-    protocol: str
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:

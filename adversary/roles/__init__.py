@@ -7,7 +7,7 @@ import inspect
 from typing import Any
 
 from adversary.roles import builtin  # noqa: F401  (registers the built-in roles)
-from adversary.roles.base import ROLES, AttackTarget, Intercept, Role, RoleContext, RoleError, register_role
+from adversary.roles.base import ROLES, AttackTarget, Intercept, Role, RoleContext, RoleError, ServerAggregate, register_role
 from fl_sim.registry import keyword_options
 from fl_sim.validation import exception_line
 
@@ -58,5 +58,5 @@ def check_role(name: str, options: dict[str, Any], context: RoleContext) -> None
             raise RoleError(f"adversary.options.{key}: the role {name} does not take it; it takes: {', '.join(accepted) or '(none)'}")
 
 
-__all__ = ["ROLES", "AttackTarget", "Intercept", "Role", "RoleContext", "RoleError", "build_role", "register_role",
+__all__ = ["ROLES", "AttackTarget", "Intercept", "Role", "RoleContext", "RoleError", "ServerAggregate", "build_role", "register_role",
            "check_role", "role_class"]

@@ -10,10 +10,10 @@ them. Roles are registered by name; a user's own role plugs in as
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from adversary.traffic_log import TrafficView
+from adversary.traffic_log import MessageInfo, TrafficView, message_from_json, message_to_json
 from fl_sim.registry import Registry
 
 
@@ -23,7 +23,8 @@ class RoleError(ValueError):
 
 @dataclass(frozen=True)
 class Intercept:
-    """One message crossing the tap, as the adversary is told of it."""
+    """One message crossing the tap, as the adversary is told of it; ``message``: its index entry
+    (metadata, metrics, config, the names and shapes of its tensors) as plain data."""
 
     log_id: int
     round: int | None
@@ -31,10 +32,33 @@ class Intercept:
     src_node: int
     dst_node: int
     message_type: str
+    message: MessageInfo | None = field(default=None, compare=False, repr=False)
 
     @property
     def client_node(self) -> int:
         return self.dst_node if self.direction == "down" else self.src_node
+
+    def to_json(self) -> dict[str, Any]:
+        return {"log_id": self.log_id, "round": self.round, "direction": self.direction, "src_node": self.src_node,
+                "dst_node": self.dst_node, "message_type": self.message_type,
+                "message": None if self.message is None else message_to_json(self.message)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Intercept:
+        message = data.get("message")
+        return cls(int(data["log_id"]), data["round"], str(data["direction"]), int(data["src_node"]), int(data["dst_node"]),
+                   str(data["message_type"]), None if message is None else message_from_json(message))
+
+
+@dataclass(frozen=True)
+class ServerAggregate:
+    """One round's unmasked mean update as a malicious server computed it under secure aggregation
+    (its tensors are in the server's record, :mod:`adversary.malicious.record`); what its role is told."""
+
+    round: int
+    nodes: tuple[int, ...]
+    num_examples: int
+    protocol: str
 
 
 TargetKind = Literal["update", "aggregate", "malicious"]
