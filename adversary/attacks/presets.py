@@ -18,6 +18,7 @@ from adversary.attacks.optimizers import OPTIMIZERS
 from adversary.attacks.registry import ConfigError
 from adversary.attacks.regularizers import REGULARIZERS
 from adversary.attacks.runner import INITS, GradientInversion
+from adversary.attacks.stopping import STOPPING_RULES
 from fl_sim.config import ATTACK_SETTINGS_CHECKS
 from fl_sim.registry import Registry
 
@@ -26,11 +27,12 @@ SECTIONS: dict[str, Registry] = {
     "optimizer": OPTIMIZERS,
     "labels": LABEL_STRATEGIES,
     "bn": BN_STRATEGIES,
+    "stop": STOPPING_RULES,
 }
 SCALARS = ("iterations", "restarts", "init", "seed", "adam_smoothing")
 KEYS = (*SECTIONS, "regularizers", *SCALARS)
 
-_BASE = {"bn": {"name": "none"}, "restarts": 1, "init": "randn", "seed": 0}
+_BASE = {"bn": {"name": "none"}, "stop": {"name": "never"}, "restarts": 1, "init": "randn", "seed": 0}
 _ADAM = {"name": "adam-signed", "lr": 0.1}
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -111,6 +113,7 @@ def preset_config(preset: str | dict[str, Any], overrides: dict[str, Any] | None
         cfg = copy.deepcopy(PRESETS[preset])
     else:
         cfg = copy.deepcopy(preset)
+    cfg.setdefault("stop", {"name": "never"})  # configs written before stopping rules ran their budget
     for key, value in (overrides or {}).items():
         if key not in KEYS:
             raise ConfigError(f"unknown attack key {key!r}; choose one of: {', '.join(KEYS)}")
@@ -190,4 +193,5 @@ def build_attack(preset: str | dict[str, Any], overrides: dict[str, Any] | None 
         init=cfg["init"],
         seed=int(cfg["seed"]),
         adam_smoothing=float(cfg.get("adam_smoothing", 0.0)),
+        stop=cfg["stop"],
     )

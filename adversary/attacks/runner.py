@@ -24,12 +24,17 @@ from adversary.attacks.optimizers import OPTIMIZERS
 from adversary.attacks.registry import ConfigError, as_spec
 from adversary.attacks.regularizers import REGULARIZERS, RegContext
 from adversary.attacks.simulate import ClientSimulator
+from adversary.attacks.stopping import STOPPING_RULES
 from adversary.attacks.threat_model import AttackInputs, Component, check_grants
 from fl_sim.models.bn_stats import batch_statistics
 from fl_sim.registry import Registry
 from fl_sim.threat import Capability, ThreatModel, ThreatModelError
 
 Callback = Callable[[int, float], None]
+
+
+class _Stop(Exception):
+    """The stopping rule ended the optimisation after an iteration (the variables hold its step)."""
 INITS = ("randn", "rand")
 
 
@@ -81,6 +86,7 @@ class GradientInversion(Component):
         init: str = "randn",
         seed: int = 0,
         adam_smoothing: float = 0.0,
+        stop: Any = "never",
     ) -> None:
         if init not in INITS:
             raise ConfigError(f"init: unknown init {init!r}; choose one of: {', '.join(INITS)}")
@@ -97,11 +103,13 @@ class GradientInversion(Component):
         self.optimizer = _build(OPTIMIZERS, optimizer)
         self.label_strategy = _build(LABEL_STRATEGIES, label_strategy)
         self.bn_strategy = _build(BN_STRATEGIES, bn_strategy)
+        self.stop = _build(STOPPING_RULES, stop)
         self.iterations, self.restarts, self.init, self.seed = iterations, restarts, init, seed
         self.adam_smoothing = float(adam_smoothing)
 
     def components(self) -> list[Component]:
-        return [self, self.objective, *(c for _, _, c in self.regularizers), self.optimizer, self.label_strategy, self.bn_strategy]
+        return [self, self.objective, *(c for _, _, c in self.regularizers), self.optimizer, self.label_strategy, self.bn_strategy,
+                self.stop]
 
     def config(self) -> dict[str, Any]:
         return {
@@ -110,6 +118,7 @@ class GradientInversion(Component):
             "optimizer": self.optimizer.config(),
             "labels": self.label_strategy.config(),
             "bn": self.bn_strategy.config(),
+            "stop": self.stop.config(),
             "iterations": self.iterations,
             "restarts": self.restarts,
             "init": self.init,
@@ -166,8 +175,8 @@ class GradientInversion(Component):
             logits = guess.logits.clone().to(device) if guess.trainable else None
             groups = [list(range(r))] if getattr(self.optimizer, "independent_trials", True) else [[i] for i in range(r)]
             curves: list[list[float]] = [[] for _ in range(r)]
-            for gi, group in enumerate(groups):
-                self._optimise(sim, observed, guess, ctx_base, x, logits, group, curves, gi, callback)
+            used = [self._optimise(sim, observed, guess, ctx_base, x, logits, group, curves, gi, callback)
+                    for gi, group in enumerate(groups)]
             lo, hi = inputs.data_range
             x = x.clamp(lo, hi)
             finals = [self._trial_loss(sim, observed, guess, ctx_base, x, logits, i, None, create_graph=False) for i in range(r)]
@@ -185,7 +194,8 @@ class GradientInversion(Component):
             trial_losses=totals,
             trial_objectives=objectives,
             best_trial=best,
-            timing={"total_s": elapsed, "per_iteration_s": elapsed / (self.iterations * len(groups)), "iterations": self.iterations},
+            timing={"total_s": elapsed, "per_iteration_s": elapsed / sum(used), "iterations": self.iterations,
+                    "iterations_used": max(used), "stopped_early": max(used) < self.iterations},
             config=self.config(),
             all_images=x.detach().clone(),
             trial_curves=curves,
@@ -211,7 +221,8 @@ class GradientInversion(Component):
             return total.detach(), obj.detach()
         return total, obj
 
-    def _optimise(self, sim, observed, guess, ctx_base, x, logits, group, curves, gi, callback) -> None:
+    def _optimise(self, sim, observed, guess, ctx_base, x, logits, group, curves, gi, callback) -> int:
+        """Optimise one group of trials in place; returns the iterations it ran (the stopping rule may end it early)."""
         xg = x[group].clone().requires_grad_(True)
         lg = logits[group].clone().requires_grad_(True) if logits is not None else None
         variables = [xg] + ([lg] if lg is not None else [])
@@ -232,14 +243,24 @@ class GradientInversion(Component):
                 v.grad = g
             return torch.tensor(total)
 
+        ran = [0]
+
         def on_step(it: int, _loss: float) -> None:
             for j, t in enumerate(group):
                 curves[t].append(last[j])
+            ran[0] = it + 1
             if callback is not None:
                 callback(gi * self.iterations + it, min(last))
+            if self.stop.reached(min(last)):
+                raise _Stop
 
-        self.optimizer.run(xg, variables[1:], closure, self.iterations, on_step)
+        self.stop.reset()
+        try:
+            self.optimizer.run(xg, variables[1:], closure, self.iterations, on_step)
+        except _Stop:
+            pass
         with torch.no_grad():
             x[group] = xg.detach()
             if logits is not None:
                 logits[group] = lg.detach()  # type: ignore[union-attr]
+        return ran[0]
