@@ -2,7 +2,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fl-sim-installed
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench bench-setup clean
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
@@ -23,6 +23,11 @@ test-all: setup
 
 bench: setup
 	$(BIN)/python benchmarks/sim_overhead.py
+
+## breaching, the peer of benchmarks/attack_speed.py --peer breaching (benchmarks only; --no-deps keeps this torch).
+bench-setup: setup
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m pip install -q --no-deps breaching==0.1.2
 
 clean:
 	rm -rf runs .pytest_cache

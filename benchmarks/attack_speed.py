@@ -13,21 +13,32 @@
     path (``batched_inversion`` with one attack, to separate transform overhead from batching);
     all at once with ``batched_inversion`` (vmap over attacks).
 
+(c) With ``--peer breaching``: breaching's own Inverting Gradients loop (``breaching==0.1.2``,
+    its ``invertinggradients`` config: cosine objective, TV, hard-signed Adam, step decay, box) on
+    the same model, batch, thread count and device, in the same process. breaching has no
+    per-iteration hook, so its seconds per iteration are the difference of two runs
+    (``warmup`` and ``warmup + repeats`` iterations) over ``repeats``: a mean; ours/peer compares
+    it with the mean of our timed iterations. ``make bench-setup`` installs it (``.[bench]``, then
+    breaching with ``--no-deps``: its own pins would replace this project's torch).
+
 Warm-up iterations are excluded; medians over ``--repeats`` timed iterations. On CUDA the
 device is synchronised before every timestamp.
 
     .venv/bin/python benchmarks/attack_speed.py [--device cpu|cuda] [--repeats 5] [--warmup 2]
-        [--threads 2] [--batches 1,8,16] [--attacks 16] [--json out.json]
+        [--threads 2] [--batches 1,8,16] [--attacks 16] [--peer breaching] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import io
 import json
 import platform
 import statistics
 import time
+import warnings
 
 import torch
 from rich.console import Console
@@ -44,6 +55,13 @@ from fl_sim.data import load_sample_images
 from fl_sim.models import build_model
 
 ALPHA_TV = 0.01  # the inverting-gradients preset
+IMAGE_SHAPE = (3, 32, 32)  # CIFAR
+
+try:  # the peer, an optional bench-only dependency (make bench-setup)
+    import breaching
+    from omegaconf import OmegaConf
+except ImportError:
+    breaching = None
 
 
 def device_name(device: torch.device) -> str:
@@ -121,6 +139,28 @@ def batched_times(model, observed, labels, iterations: int, clock: Clock, chunk_
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
+def peer_seconds(model: nn.Module, observed: dict[str, Tensor], y: Tensor, warmup: int, repeats: int, clock: Clock) -> float:
+    """breaching's Inverting Gradients: seconds per iteration, (T(warmup + repeats) - T(warmup)) / repeats."""
+    device = y.device
+    grads = [observed[n] for n, _ in model.named_parameters()]
+
+    def run(iterations: int) -> float:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cfg = breaching.get_attack_config("invertinggradients", overrides=[f"optim.max_iterations={iterations}",
+                                                                              "optim.callback=1000000000"])
+            attacker = breaching.attacks.prepare_attack(model, nn.CrossEntropyLoss(), cfg, dict(device=device, dtype=torch.float))
+            payload = [dict(parameters=[p.detach() for p in model.parameters()], buffers=None,
+                            metadata=OmegaConf.create(dict(shape=list(IMAGE_SHAPE), modality="vision")))]
+            shared = [dict(gradients=[g.clone() for g in grads], buffers=None,
+                           metadata=dict(num_data_points=int(y.shape[0]), labels=y.clone(), local_hyperparams=None))]
+            start = clock()
+            attacker.reconstruct(payload, shared, {}, dryrun=False)
+            return clock() - start
+
+    return (run(warmup + repeats) - run(warmup)) / repeats
+
+
 def median_after(times: list[float], warmup: int) -> float:
     return statistics.median(times[warmup:])
 
@@ -134,8 +174,11 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,16", help="batch sizes for part (a)")
     parser.add_argument("--attacks", type=int, default=16, help="independent batch-1 attacks for part (b); 0 skips it")
     parser.add_argument("--chunk-size", type=int, default=None, help="vmap chunk size for the batched path")
+    parser.add_argument("--peer", choices=("breaching",), help="time a peer's own loop beside ours")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    if args.peer == "breaching" and breaching is None:
+        parser.error("--peer breaching: breaching is not installed; run make bench-setup")
     if args.repeats < 1 or args.warmup < 1:
         parser.error("--repeats and --warmup must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -162,17 +205,26 @@ def main() -> None:
 
     # (a) attack iteration vs training step
     table = Table(title=f"(a) ResNet-18 attack iteration vs training step ({name})")
-    for col in ("batch", "attack s/it", "train s/step", "attack / train"):
+    peer_cols = (f"{args.peer} s/it", f"ours / {args.peer}") if args.peer else ()
+    for col in ("batch", "attack s/it", "train s/step", "attack / train", *peer_cols):
         table.add_column(col, justify="right")
     for b in batches:
         observed = client_gradient(model, x[:b], y[:b])
         attack = runner_attack(model, observed, y[:b], k, clock)
         train = training_steps(model, x[:b], y[:b], k, clock)
         a_s, t_s = median_after(attack, args.warmup), median_after(train, args.warmup)
-        table.add_row(str(b), f"{a_s:.4f}", f"{t_s:.4f}", f"{a_s / t_s:.2f}")
-        out["per_batch"].append({"batch": b, "attack_s": a_s, "train_s": t_s, "ratio": a_s / t_s,
-                                 "attack_samples": attack[args.warmup:], "train_samples": train[args.warmup:]})
-        console.print(f"  batch {b}: attack {a_s:.4f} s/it, train {t_s:.4f} s/step")
+        row = {"batch": b, "attack_s": a_s, "train_s": t_s, "ratio": a_s / t_s,
+               "attack_samples": attack[args.warmup:], "train_samples": train[args.warmup:]}
+        cells = [str(b), f"{a_s:.4f}", f"{t_s:.4f}", f"{a_s / t_s:.2f}"]
+        if args.peer:
+            p_s = peer_seconds(model, observed, y[:b], args.warmup, args.repeats, clock)
+            ours_mean = statistics.fmean(attack[args.warmup:])
+            row.update({"peer": args.peer, "peer_s": p_s, "ours_mean_s": ours_mean, "ours_over_peer": ours_mean / p_s})
+            cells += [f"{p_s:.4f}", f"{ours_mean / p_s:.2f}"]
+        table.add_row(*cells)
+        out["per_batch"].append(row)
+        console.print(f"  batch {b}: attack {a_s:.4f} s/it, train {t_s:.4f} s/step"
+                      + (f", {args.peer} {row['peer_s']:.4f} s/it" if args.peer else ""))
     console.print(table)
 
     # (b) independent batch-1 attacks: sequential vs batched

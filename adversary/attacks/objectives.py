@@ -39,12 +39,17 @@ class Cosine(Objective):
     """1 - <g, g'> / (|g| |g'|) over all layers concatenated (optionally weighted per layer)."""
 
     def __call__(self, sim: Mapping[str, Tensor], obs: Mapping[str, Tensor]) -> Tensor:
-        dot = sim_sq = obs_sq = 0.0
+        # Dot products, not (s * o).sum(): no tensor of the products is written, and the backward
+        # pass is one scaled copy per layer. The observed norm is a constant of the attack.
+        dot = sim_sq = 0.0
+        obs_sq = torch.zeros(())
         for s, o, w in self.pairs(sim, obs):
-            dot = dot + w * (s * o).sum()
-            sim_sq = sim_sq + w * s.pow(2).sum()
-            obs_sq = obs_sq + w * o.pow(2).sum()
-        return 1 - dot / (torch.sqrt(sim_sq) * torch.sqrt(torch.as_tensor(obs_sq)) + 1e-12)
+            flat_s, flat_o = s.reshape(-1), o.reshape(-1)
+            dot = dot + w * torch.dot(flat_s, flat_o)
+            sim_sq = sim_sq + w * torch.dot(flat_s, flat_s)
+            with torch.no_grad():
+                obs_sq = obs_sq.to(flat_o) + w * torch.dot(flat_o, flat_o)
+        return 1 - dot / (torch.sqrt(sim_sq) * torch.sqrt(obs_sq) + 1e-12)
 
 
 @OBJECTIVES.register("l2")

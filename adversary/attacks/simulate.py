@@ -115,6 +115,9 @@ class ClientSimulator(Component):
         if not self.names:
             raise ValueError("the observed update names none of the model's trainable parameters")
         self.params = {n: p.detach() for n, p in inputs.model.named_parameters()}
+        # The leaves a FedSGD gradient is taken with respect to: the received weights themselves
+        # (detached, never written), not a fresh copy of every parameter each iteration.
+        self._leaves = {n: self.params[n].detach().requires_grad_(True) for n in self.names}
         self.buffers = {n: b.detach().clone() for n, b in inputs.model.named_buffers()}
 
     def requirements(self) -> set[Capability]:
@@ -142,8 +145,7 @@ class ClientSimulator(Component):
 
     def __call__(self, x: Tensor, y: Tensor, create_graph: bool = True) -> dict[str, Tensor]:
         if self.update_kind == "gradient":
-            start = {n: self.params[n].clone().requires_grad_(True) for n in self.names}
-            return self.gradient(x, y, start, create_graph)
+            return self.gradient(x, y, self._leaves, create_graph)
         return self.train([(x[idx], y[idx]) for idx in self.batches(x.shape[0])], create_graph)
 
 
