@@ -26,6 +26,7 @@ from adversary.roles.base import AttackTarget
 from adversary.statement import AuditStatement
 from adversary.traffic_log import TrafficLog
 from fl_sim.deployment import load_card
+from fl_sim.devices import device_label, resolve_device
 from fl_sim.threat import Capability
 
 Progress = Callable[[int, float], None]
@@ -72,6 +73,7 @@ def run_job(
     factory: ModelFactory | None = None,
     warn: Callable[[str], None] | None = None,
     echo: TextIO | None = None,
+    device: str = "auto",
 ) -> AttackOutcome:
     """Attack one target (a client update, an aggregate, a malicious server's recovery) and write its outputs.
 
@@ -81,8 +83,11 @@ def run_job(
     allows; None, as in the run's own adversary, the card the run wrote is used as it is); ``factory``
     builds its model (else the card's factory is imported). Before the attack runs, the
     attacker's model of the client is replayed on the true batch where one is known (the recipe check);
-    ``warn`` hears when it is wrong. Progress lines go to ``RUN_DIR/attacks.log`` and ``echo``."""
+    ``warn`` hears when it is wrong. Progress lines go to ``RUN_DIR/attacks.log`` and ``echo``.
+    ``device``: where an optimisation attack runs (``auto``: this process's GPU if it has one); the
+    inputs are built, and the result scored, on the CPU."""
     run_dir = Path(run_dir)
+    where = resolve_device(device)
     card = load_card(run_dir)
     if audit is not None:  # a command line's statement: the run directory's own code refs need vouching for
         for note in audit.vouch(card):
@@ -113,7 +118,8 @@ def run_job(
         warn(checked["recipe_warning"])
     logged = ProgressLog(run_dir / PROGRESS_LOG, f"msg {obs.message} round {obs.round} {method.name}",
                          method.total_iterations, echo=echo, inner=progress)
-    recon = method.run(obs, inputs, threat_model, logged)
+    where = where if method.accelerated else resolve_device("cpu")
+    recon = method.run(obs, inputs.to(where), threat_model, logged).cpu()
 
     assessed = evaluator.assess(obs, method, recon, client_data, threat_model.num_images)
     metrics = {**checked, **assessed.metrics}
@@ -128,6 +134,7 @@ def run_job(
         **({"strategy": target.strategy} if target.strategy else {}),
         **obs.source,
         "protocol": card.protocol,
+        "device": device_label(where),
         **recon.info,
         **metrics,
     }

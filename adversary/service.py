@@ -34,6 +34,7 @@ from adversary.roles import AttackTarget, Intercept, RoleContext, ServerAggregat
 from adversary.statement import AuditStatement
 from adversary.traffic_log import TrafficLog
 from fl_sim.config import AdversaryConfig
+from fl_sim.devices import device_label, resolve_device
 from fl_sim.validation import exception_line
 
 ACTOR_NAME = "fl-sim-adversary"
@@ -178,7 +179,7 @@ class ThreadAdversary:
 
     def _submit(self, jobs: list[int]) -> None:
         for job in jobs:
-            self.futures.append(self.pool.submit(execute_job, self.core.run_dir, job))
+            self.futures.append(self.pool.submit(execute_job, self.core.run_dir, job, device=self.core.config.device))
 
     def on_intercept(self, event: Intercept) -> None:
         self.feeder.submit(lambda: self._submit(self.core.on_intercept(event)))
@@ -242,8 +243,12 @@ def _ray_classes() -> tuple[Any, Any]:
 
     @ray.remote(max_restarts=1, max_task_retries=1)
     class AttackWorker:
-        def run(self, run_dir: str, job_id: int) -> dict[str, Any]:
-            return execute_job(run_dir, job_id)
+        def run(self, run_dir: str, job_id: int, device: str = "auto") -> dict[str, Any]:
+            return execute_job(run_dir, job_id, device=device)
+
+        def visible_device(self) -> str:
+            """The device ``auto`` resolves to in this worker (its own GPU when it was given one)."""
+            return device_label(resolve_device("auto"))
 
         def pid(self) -> int:
             return os.getpid()
@@ -269,7 +274,7 @@ def _ray_classes() -> tuple[Any, Any]:
             for job in jobs:
                 worker = self.workers[self.next % len(self.workers)]
                 self.next += 1
-                self.refs.append(worker.run.remote(self.core.run_dir, job))
+                self.refs.append(worker.run.remote(self.core.run_dir, job, self.core.config.device))
             return len(self.refs)
 
         def worker_pids(self) -> list[int]:

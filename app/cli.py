@@ -41,6 +41,7 @@ from experiments.tables import to_markdown
 from fl_sim.config import AdversaryConfig, ConfigError, apply_override, load_config
 from fl_sim.data import DataError
 from fl_sim.deployment import DeploymentCardError
+from fl_sim.devices import DEVICE_CHOICES, DeviceError, resolve_device
 from fl_sim.ground_truth import GroundTruthError
 from fl_sim.models import ModelError
 from fl_sim.rundir import read_summary
@@ -280,7 +281,7 @@ def _resume_attacks(args: argparse.Namespace, console: Console) -> int:
     statement = _statement(args, args.app_root)
     failed = 0
     for job_id in todo:
-        result = execute_job(str(args.run_dir), job_id, audit=statement)
+        result = execute_job(str(args.run_dir), job_id, audit=statement, device=args.device)
         failed += result["state"] == "failed"
         console.print(f"job {job_id}: {_job_state(result)}" + (f"  outputs: {result['out_dir']}" if result.get("out_dir") else ""),
                       highlight=False)
@@ -321,6 +322,10 @@ def _cli_job(args: argparse.Namespace, msg_id: int, attack_overrides: dict, thre
 
 
 def _cmd_attack(args: argparse.Namespace, console: Console) -> int:
+    try:
+        resolve_device(args.device, "--device")
+    except DeviceError as exc:
+        raise UserError(str(exc)) from None
     if args.resume:
         return _resume_attacks(args, console)
     attack_overrides, threat = _attack_overrides(args.set or [])
@@ -343,7 +348,7 @@ def _cmd_attack(args: argparse.Namespace, console: Console) -> int:
 
             try:
                 result = execute_job(str(args.run_dir), job_id, audit=statement, raise_refused=REFUSED, progress=update, warn=warn,
-                                     echo=None if terminal else sys.stderr)
+                                     echo=None if terminal else sys.stderr, device=args.device)
             except REFUSED as exc:
                 if not had_book:
                     JobBook.remove_if_empty(args.run_dir)  # a refused request leaves nothing behind
@@ -484,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "its nearest image there; with labels, also replays the recipe on the true batch")
     attack.add_argument("--app-root", help="audited apps: the directory to import --model, --input-transform and "
                                            "--client-data modules from")
+    attack.add_argument("--device", default="auto",
+                        help=f"where optimisation attacks run: {DEVICE_CHOICES} (default auto: the first GPU torch "
+                             "sees, else the CPU); inputs are built and results scored on the CPU")
     attack.add_argument("--trust-run", action="store_true",
                         help="import the code the run directory names (its recorded model factory, input transform "
                              "and app root); without it only code named on this command line is imported")

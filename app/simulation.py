@@ -23,6 +23,7 @@ from clients.defenses import build_defenses, public_encoding
 from fl_sim.config import ConfigError, RunConfig
 from fl_sim.data import DataError, label_histogram
 from fl_sim.deployment import simulation_card
+from fl_sim.devices import DeviceError, resolve_device
 from fl_sim.ground_truth import init_ground_truth
 from fl_sim.models import ModelError
 from fl_sim.rundir import PARTITIONS_JSON, SUMMARY_JSON, create_run_dir, write_json_atomic
@@ -64,6 +65,11 @@ def validate_adversary(config: RunConfig) -> None:
         preset_config(config.adversary.preset, dict(config.adversary.attack))
     except (RoleError, AttackConfigError) as exc:
         raise ConfigError(str(exc).replace("\n", " ")) from None
+    if config.adversary.device != "auto" and not config.engine.ray_address:  # this machine's GPUs are the workers'
+        try:
+            resolve_device(config.adversary.device, "adversary.device")
+        except DeviceError as exc:
+            raise ConfigError(str(exc)) from None
     if config.adversary.role == "malicious-server":
         try:
             strategy_from_config(config)

@@ -25,7 +25,7 @@ Warm-up iterations are excluded; medians over ``--repeats`` timed iterations. On
 device is synchronised before every timestamp.
 
     .venv/bin/python benchmarks/attack_speed.py [--device cpu|cuda] [--repeats 5] [--warmup 2]
-        [--threads 2] [--batches 1,8,16] [--attacks 16] [--peer breaching] [--json out.json]
+        [--threads 2] [--batches 1,8,16] [--attacks 16] [--peer breaching] [--profile BATCH] [--json out.json]
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ ALPHA_TV = 0.01  # the inverting-gradients preset
 IMAGE_SHAPE = (3, 32, 32)  # CIFAR
 
 try:  # the peer, an optional bench-only dependency (make bench-setup)
-    import breaching
+    with warnings.catch_warnings():  # its import uses torch.jit.script, which torch now warns about
+        warnings.simplefilter("ignore", FutureWarning)
+        import breaching
     from omegaconf import OmegaConf
 except ImportError:
     breaching = None
@@ -161,8 +163,103 @@ def peer_seconds(model: nn.Module, observed: dict[str, Tensor], y: Tensor, warmu
     return (run(warmup + repeats) - run(warmup)) / repeats
 
 
+def profile_top(model: nn.Module, x: Tensor, y: Tensor, iterations: int, top: int, console: Console) -> list[dict]:
+    """torch.profiler over ``iterations`` attack iterations (after one untimed): the ``top`` operators by
+    self time, the figure behind an attack/train ratio above the goal."""
+    device = y.device
+    observed = client_gradient(model, x, y)
+    clock = Clock(device)
+    runner_attack(model, observed, y, 1, clock)
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        runner_attack(model, observed, y, iterations, clock)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events) or 1.0
+    rows = [{"op": e.key, "self_ms_per_it": getattr(e, key) / 1000 / iterations, "share": getattr(e, key) / total,
+             "calls_per_it": e.count / iterations} for e in events[:top]]
+    table = Table(title=f"profile: top {top} operators of an attack iteration, batch {y.shape[0]} (self time)")
+    for col in ("operator", "ms / iteration", "share", "calls / iteration"):
+        table.add_column(col, justify="left" if col == "operator" else "right")
+    for r in rows:
+        table.add_row(r["op"], f"{r['self_ms_per_it']:.1f}", f"{100 * r['share']:.1f} %", f"{r['calls_per_it']:.0f}")
+    console.print(table)
+    return rows
+
+
 def median_after(times: list[float], warmup: int) -> float:
     return statistics.median(times[warmup:])
+
+
+def measure(device: torch.device, batches: list[int], attacks: int, *, repeats: int = 5, warmup: int = 2,
+            peer: str | None = None, chunk_size: int | None = None, console: Console | None = None) -> dict:
+    """Parts (a) and (b) on ``device``: the figures as a dict, the tables printed to ``console``."""
+    console = console or Console()
+    clock = Clock(device)
+    name = device_name(device)
+    header = f"{name} ({device.type}), torch {torch.__version__}, threads={torch.get_num_threads()}"
+    console.print(f"[bold]attack speed[/bold] on {header}; warm-up {warmup}, median of {repeats}")
+
+    x, y = load_sample_images("cifar10-sample")
+    need = max([*batches, attacks, 1])
+    reps = -(-need // x.shape[0])
+    x, y = x.repeat(reps, 1, 1, 1)[:need].to(device), y.repeat(reps)[:need].to(device)
+    torch.manual_seed(0)
+    model = build_model("resnet18", (3, 32, 32), 10).to(device)
+    k = warmup + repeats
+    out: dict = {"device": device.type, "device_name": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                 "warmup": warmup, "repeats": repeats, "per_batch": [], "batched": []}
+
+    # (a) attack iteration vs training step
+    table = Table(title=f"(a) ResNet-18 attack iteration vs training step ({name})")
+    peer_cols = (f"{peer} s/it", f"ours / {peer}") if peer else ()
+    for col in ("batch", "attack s/it", "train s/step", "attack / train", *peer_cols):
+        table.add_column(col, justify="right")
+    for b in batches:
+        observed = client_gradient(model, x[:b], y[:b])
+        attack = runner_attack(model, observed, y[:b], k, clock)
+        train = training_steps(model, x[:b], y[:b], k, clock)
+        a_s, t_s = median_after(attack, warmup), median_after(train, warmup)
+        row = {"batch": b, "attack_s": a_s, "train_s": t_s, "ratio": a_s / t_s,
+               "attack_samples": attack[warmup:], "train_samples": train[warmup:]}
+        cells = [str(b), f"{a_s:.4f}", f"{t_s:.4f}", f"{a_s / t_s:.2f}"]
+        if peer:
+            p_s = peer_seconds(model, observed, y[:b], warmup, repeats, clock)
+            ours_mean = statistics.fmean(attack[warmup:])
+            row.update({"peer": peer, "peer_s": p_s, "ours_mean_s": ours_mean, "ours_over_peer": ours_mean / p_s})
+            cells += [f"{p_s:.4f}", f"{ours_mean / p_s:.2f}"]
+        table.add_row(*cells)
+        out["per_batch"].append(row)
+        console.print(f"  batch {b}: attack {a_s:.4f} s/it, train {t_s:.4f} s/step"
+                      + (f", {peer} {row['peer_s']:.4f} s/it" if peer else ""))
+    console.print(table)
+
+    # (b) independent batch-1 attacks: sequential vs batched
+    if attacks > 0:
+        observed = [client_gradient(model, x[i : i + 1], y[i : i + 1]) for i in range(attacks)]
+        labels = y[:attacks, None]
+        rows = []
+        # one after another, runner path; every row leaves out each attack's first `warmup` iterations
+        seq = sum(sum(runner_attack(model, observed[i], labels[i], k, clock)[warmup:]) for i in range(attacks))
+        rows.append(("sequential, runner path", seq / repeats, attacks * repeats / seq))
+        # one after another, torch.func path without vmap over attacks (A = 1 each)
+        func = sum(sum(batched_times(model, observed[i : i + 1], labels[i : i + 1], k, clock, None)[warmup:])
+                   for i in range(attacks))
+        rows.append(("sequential, torch.func A=1", func / repeats, attacks * repeats / func))
+        # all at once
+        bt = batched_times(model, observed, labels, k, clock, chunk_size)
+        per_it = sum(bt[warmup:]) / repeats
+        rows.append((f"vmap over {attacks} attacks" + (f" (chunk {chunk_size})" if chunk_size else ""),
+                     per_it, attacks / per_it))
+        base = rows[0][2]
+        table = Table(title=f"(b) {attacks} batch-1 attacks, ResNet-18 ({name})")
+        for col in ("execution", "s/step (all attacks)", "attack-it/s", "vs sequential"):
+            table.add_column(col, justify="right" if col != "execution" else "left")
+        for label, s, thr in rows:
+            table.add_row(label, f"{s:.3f}", f"{thr:.2f}", f"{thr / base:.2f}")
+            out["batched"].append({"execution": label, "attacks": attacks, "s_per_step": s, "throughput": thr, "speedup": thr / base})
+        console.print(table)
+    return out
 
 
 def main() -> None:
@@ -175,6 +272,7 @@ def main() -> None:
     parser.add_argument("--attacks", type=int, default=16, help="independent batch-1 attacks for part (b); 0 skips it")
     parser.add_argument("--chunk-size", type=int, default=None, help="vmap chunk size for the batched path")
     parser.add_argument("--peer", choices=("breaching",), help="time a peer's own loop beside ours")
+    parser.add_argument("--profile", type=int, metavar="BATCH", help="also profile attack iterations at this batch size")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     if args.peer == "breaching" and breaching is None:
@@ -185,75 +283,17 @@ def main() -> None:
         parser.error("--device cuda: no CUDA device available")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    clock = Clock(device)
     console = Console()
-    batches = [int(b) for b in args.batches.split(",") if b]
-    name = device_name(device)
-    header = f"{name} ({device.type}), torch {torch.__version__}, threads={torch.get_num_threads()}"
-    console.print(f"[bold]attack speed[/bold] on {header}; warm-up {args.warmup}, median of {args.repeats}")
-
-    x, y = load_sample_images("cifar10-sample")
-    need = max([*batches, args.attacks, 1])
-    reps = -(-need // x.shape[0])
-    x, y = x.repeat(reps, 1, 1, 1)[:need].to(device), y.repeat(reps)[:need].to(device)
-    torch.manual_seed(0)
-    model = build_model("resnet18", (3, 32, 32), 10).to(device)
-    k = args.warmup + args.repeats
-    out: dict = {"device": device.type, "device_name": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                 "warmup": args.warmup, "repeats": args.repeats, "per_batch": [], "batched": []}
-
-    # (a) attack iteration vs training step
-    table = Table(title=f"(a) ResNet-18 attack iteration vs training step ({name})")
-    peer_cols = (f"{args.peer} s/it", f"ours / {args.peer}") if args.peer else ()
-    for col in ("batch", "attack s/it", "train s/step", "attack / train", *peer_cols):
-        table.add_column(col, justify="right")
-    for b in batches:
-        observed = client_gradient(model, x[:b], y[:b])
-        attack = runner_attack(model, observed, y[:b], k, clock)
-        train = training_steps(model, x[:b], y[:b], k, clock)
-        a_s, t_s = median_after(attack, args.warmup), median_after(train, args.warmup)
-        row = {"batch": b, "attack_s": a_s, "train_s": t_s, "ratio": a_s / t_s,
-               "attack_samples": attack[args.warmup:], "train_samples": train[args.warmup:]}
-        cells = [str(b), f"{a_s:.4f}", f"{t_s:.4f}", f"{a_s / t_s:.2f}"]
-        if args.peer:
-            p_s = peer_seconds(model, observed, y[:b], args.warmup, args.repeats, clock)
-            ours_mean = statistics.fmean(attack[args.warmup:])
-            row.update({"peer": args.peer, "peer_s": p_s, "ours_mean_s": ours_mean, "ours_over_peer": ours_mean / p_s})
-            cells += [f"{p_s:.4f}", f"{ours_mean / p_s:.2f}"]
-        table.add_row(*cells)
-        out["per_batch"].append(row)
-        console.print(f"  batch {b}: attack {a_s:.4f} s/it, train {t_s:.4f} s/step"
-                      + (f", {args.peer} {row['peer_s']:.4f} s/it" if args.peer else ""))
-    console.print(table)
-
-    # (b) independent batch-1 attacks: sequential vs batched
-    if args.attacks > 0:
-        a_n = args.attacks
-        observed = [client_gradient(model, x[i : i + 1], y[i : i + 1]) for i in range(a_n)]
-        labels = y[:a_n, None]
-        rows = []
-        # one after another, runner path; every row leaves out each attack's first `warmup` iterations
-        seq = sum(sum(runner_attack(model, observed[i], labels[i], k, clock)[args.warmup:]) for i in range(a_n))
-        rows.append(("sequential, runner path", seq / args.repeats, a_n * args.repeats / seq))
-        # one after another, torch.func path without vmap over attacks (A = 1 each)
-        func = sum(sum(batched_times(model, observed[i : i + 1], labels[i : i + 1], k, clock, None)[args.warmup:])
-                   for i in range(a_n))
-        rows.append(("sequential, torch.func A=1", func / args.repeats, a_n * args.repeats / func))
-        # all at once
-        bt = batched_times(model, observed, labels, k, clock, args.chunk_size)
-        per_it = sum(bt[args.warmup:]) / args.repeats
-        rows.append((f"vmap over {a_n} attacks" + (f" (chunk {args.chunk_size})" if args.chunk_size else ""),
-                     per_it, a_n / per_it))
-        base = rows[0][2]
-        table = Table(title=f"(b) {a_n} batch-1 attacks, ResNet-18 ({name})")
-        for col in ("execution", "s/step (all attacks)", "attack-it/s", "vs sequential"):
-            table.add_column(col, justify="right" if col != "execution" else "left")
-        for label, s, thr in rows:
-            table.add_row(label, f"{s:.3f}", f"{thr:.2f}", f"{thr / base:.2f}")
-            out["batched"].append({"execution": label, "attacks": a_n, "s_per_step": s, "throughput": thr, "speedup": thr / base})
-        console.print(table)
-
+    out = measure(torch.device(args.device), [int(b) for b in args.batches.split(",") if b], args.attacks,
+                  repeats=args.repeats, warmup=args.warmup, peer=args.peer, chunk_size=args.chunk_size, console=console)
+    if args.profile:
+        x, y = load_sample_images("cifar10-sample")
+        reps = -(-args.profile // x.shape[0])
+        device = torch.device(args.device)
+        torch.manual_seed(0)
+        model = build_model("resnet18", (3, 32, 32), 10).to(device)
+        out["profile"] = profile_top(model, x.repeat(reps, 1, 1, 1)[: args.profile].to(device),
+                                     y.repeat(reps)[: args.profile].to(device), args.repeats, 12, console)
     console.print("attack / train is the figure to compare across machines; seconds depend on the machine and its load.")
     if args.json:
         with open(args.json, "w") as fh:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
+from fl_sim.devices import check_device
 from fl_sim.registry import Registry
 from fl_sim.safe_paths import is_plain_name, output_folder_problem
 from fl_sim.threat import ThreatSettings
@@ -195,6 +196,12 @@ class AdversaryConfig(_Section):
     worker_cpus: float = Field(0.0, ge=0)
     wait: bool = True
     max_attacks: int | None = Field(None, ge=1)
+    device: str = "auto"  # where attack workers optimise: auto (a worker's GPU, else the CPU), cpu, cuda, cuda:N
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, value: Any) -> Any:
+        return check_device(value, "adversary.device")
 
     @field_validator("threat", mode="before")
     @classmethod

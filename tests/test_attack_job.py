@@ -47,6 +47,7 @@ def test_cli_attack_reconstructs_intercepted_update(fedsgd_run: Path, capsys: py
         # A random image scores about 0.4 LPIPS against these; 150 iterations get well below.
         assert metrics["lpips_avg"] < 0.3, metrics["lpips_avg"]
         assert metrics["label_accuracy"] == 1.0
+        assert metrics["device"] == ("cpu" if not torch.cuda.is_available() else metrics["device"])
         attack = json.loads((out / "attack.json").read_text())
         assert attack["threat_model"]["labels"] == "known" and attack["resolved"]["iterations"] == 150
     assert "LPIPS avg" in capsys.readouterr().out

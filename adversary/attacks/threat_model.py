@@ -8,10 +8,12 @@ granted (the paper's main criticism of prior evaluations) cannot happen.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from fl_sim.deployment import ClientRecipe
@@ -53,6 +55,24 @@ class AttackInputs:
             if layers and all(m.running_mean is not None for m in layers):
                 self.bn_proxy = [(m.running_mean.detach().clone(), m.running_var.detach().clone()) for m in layers]
 
+    def to(self, device: torch.device | str) -> AttackInputs:
+        """These inputs on ``device``: a copy of the model and every tensor moved there (the update, the
+        labels, the BatchNorm targets, the sign centre, tensors in ``extra``); itself if already there.
+        The received model is never moved in place: the caller's copy stays where it was."""
+        device = torch.device(device)
+        if _device_of(self.model) == device:
+            return self
+        return replace(
+            self,
+            model=copy.deepcopy(self.model).to(device),
+            update={k: v.to(device) for k, v in self.update.items()},
+            labels=_moved(self.labels, device),
+            bn_exact=_moved(self.bn_exact, device),
+            bn_proxy=_moved(self.bn_proxy, device),
+            sign_center=_moved(self.sign_center, device),
+            extra=_moved(self.extra, device),
+        )
+
     def observed_delta(self) -> dict[str, Tensor]:
         """The update as new - old for every parameter it covers (weights are converted)."""
         if self.update_kind != "weights":
@@ -75,6 +95,22 @@ class AttackInputs:
             return {k: -v.double() / lr for k, v in self.update.items()}
         state = self.model.state_dict()
         return {k: -(v.double() - state[k].double()) / lr for k, v in self.update.items() if k in state}
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _moved(value: Any, device: torch.device) -> Any:
+    """Tensors in nested lists, tuples and dicts moved to ``device``; anything else as it is."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _moved(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_moved(v, device) for v in value)
+    return value
 
 
 # capability -> (is the data present?, the input to supply); whether it is granted is the threat model's to say

@@ -28,6 +28,11 @@ class Reconstruction:
     info: dict[str, Any] = field(default_factory=dict)  # e.g. objective, trial losses, timing, candidates
     target_class: int | None = None  # only this class's private images were attacked (fishing)
 
+    def cpu(self) -> Reconstruction:
+        """Moved to the CPU, where it is scored and written."""
+        labels = self.labels.cpu() if self.labels is not None else None
+        return Reconstruction(self.images.detach().cpu(), labels, self.loss_curve, self.info, self.target_class)
+
 
 class AttackMethod(Component):
     """One way to recover private images from an observed update."""
@@ -37,6 +42,9 @@ class AttackMethod(Component):
     match: Literal["lpips", "mse"] = "lpips"
     # Score against each private image once, however many local steps saw it (else every step's batch).
     distinct_images: bool = False
+    # Runs on the job's device (its inputs moved there by ``AttackInputs.to``); else on the CPU, where
+    # the inputs are built (closed-form recoveries gain nothing from a GPU).
+    accelerated: bool = False
 
     @property
     def total_iterations(self) -> int | None:

@@ -15,6 +15,7 @@ class OptimizationAttack(AttackMethod):
     """A preset's objective, regularizers, optimizer, label and BN strategies, with the job's overrides."""
 
     match = "lpips"
+    accelerated = True
 
     def __init__(self, preset: str, overrides: dict[str, Any] | None = None) -> None:
         self.preset = preset
