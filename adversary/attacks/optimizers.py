@@ -2,7 +2,9 @@
 
 An optimizer gets the attack variables and a closure that zeroes their gradients, computes
 the summed loss of all trials, fills ``.grad`` and returns the loss; it calls ``on_step``
-after each iteration. ``independent_trials`` says whether trials stacked in one tensor stay
+after each iteration. ``bounds`` is the images' box in the units they are optimised in (the
+data range, or its image in the model's normalised input space); an optimizer that boxes
+projects onto it. ``independent_trials`` says whether trials stacked in one tensor stay
 independent (element-wise Adam) or must run one by one (L-BFGS couples them via its line search).
 """
 
@@ -20,12 +22,14 @@ OPTIMIZERS = component_registry("optimizer")
 
 Closure = Callable[[], Tensor]
 OnStep = Callable[[int, float], None]
+Bounds = tuple[Tensor | float, Tensor | float]
 
 
 class AttackOptimizer(Component):
     independent_trials = True
 
-    def run(self, images: Tensor, extra: Sequence[Tensor], closure: Closure, iterations: int, on_step: OnStep) -> None:
+    def run(self, images: Tensor, extra: Sequence[Tensor], closure: Closure, iterations: int, on_step: OnStep,
+            bounds: Bounds | None = None) -> None:
         raise NotImplementedError
 
 
@@ -35,7 +39,7 @@ def milestones(iterations: int, fractions: Sequence[float]) -> list[int]:
 
 @OPTIMIZERS.register("adam")
 class Adam(AttackOptimizer):
-    """Adam on sign(grad) (Geiping et al.), MultiStepLR x``gamma`` at 3/8, 5/8, 7/8, box to [0, 1].
+    """Adam on sign(grad) (Geiping et al.), MultiStepLR x``gamma`` at 3/8, 5/8, 7/8, boxed (``box=None``: not).
 
     The sign makes progress independent of the gradient scale, which varies by orders of
     magnitude between objectives and models.
@@ -51,8 +55,10 @@ class Adam(AttackOptimizer):
     ) -> None:
         self.lr, self.signed, self.decay, self.gamma, self.box = lr, signed, tuple(decay), gamma, box
 
-    def run(self, images: Tensor, extra: Sequence[Tensor], closure: Closure, iterations: int, on_step: OnStep) -> None:
+    def run(self, images: Tensor, extra: Sequence[Tensor], closure: Closure, iterations: int, on_step: OnStep,
+            bounds: Bounds | None = None) -> None:
         params = [images, *extra]
+        lo, hi = (bounds if bounds is not None else self.box) if self.box is not None else (None, None)
         opt = torch.optim.Adam(params, lr=self.lr)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones(iterations, self.decay), gamma=self.gamma)
         for it in range(iterations):
@@ -63,9 +69,9 @@ class Adam(AttackOptimizer):
                         p.grad.sign_()
             opt.step()
             sched.step()
-            if self.box is not None:
+            if lo is not None:
                 with torch.no_grad():
-                    images.clamp_(*self.box)
+                    images.clamp_(lo, hi)
             on_step(it, float(loss))
 
 
@@ -83,7 +89,8 @@ class LBFGS(AttackOptimizer):
     def __init__(self, lr: float = 1.0, max_iter: int = 20, history_size: int = 100, line_search: str | None = "strong_wolfe") -> None:
         self.lr, self.max_iter, self.history_size, self.line_search = lr, max_iter, history_size, line_search
 
-    def run(self, images: Tensor, extra: Sequence[Tensor], closure: Closure, iterations: int, on_step: OnStep) -> None:
+    def run(self, images: Tensor, extra: Sequence[Tensor], closure: Closure, iterations: int, on_step: OnStep,
+            bounds: Bounds | None = None) -> None:
         opt = torch.optim.LBFGS(
             [images, *extra], lr=self.lr, max_iter=self.max_iter, history_size=self.history_size, line_search_fn=self.line_search
         )

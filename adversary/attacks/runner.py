@@ -9,6 +9,7 @@ is never consulted here.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from adversary.attacks.regularizers import REGULARIZERS, RegContext
 from adversary.attacks.simulate import ClientSimulator
 from adversary.attacks.stopping import STOPPING_RULES
 from adversary.attacks.threat_model import AttackInputs, Component, check_grants
+from fl_sim.models import input_statistics
 from fl_sim.models.bn_stats import batch_statistics
 from fl_sim.registry import Registry
 from fl_sim.threat import Capability, ThreatModel, ThreatModelError
@@ -33,9 +35,41 @@ from fl_sim.threat import Capability, ThreatModel, ThreatModelError
 Callback = Callable[[int, float], None]
 
 
+@dataclass(frozen=True)
+class _Space:
+    """The images' optimisation space: ``x = mean + std * z`` (``mean`` None: the data range itself), and the
+    optimizer's box in the units of ``z``."""
+
+    mean: Tensor | None
+    std: Tensor | None
+    bounds: tuple[Tensor, Tensor] | None
+
+    def pixels(self, z: Tensor) -> Tensor:
+        return z if self.mean is None else self.mean + self.std * z
+
+
 class _Stop(Exception):
     """The stopping rule ended the optimisation after an iteration (the variables hold its step)."""
 INITS = ("randn", "rand")
+# Where the images are optimised: in the data range, or in the model's normalised input space, z = (x - mean) / std
+# (Geiping et al.'s and breaching's choice: the start, the step and the box scale with each channel's std).
+SPACES = ("pixel", "normalized")
+# What a trial returns: its last iterate, or the iterate with the lowest attack loss it evaluated (the attack's own
+# objective and regularizers: never the ground truth).
+KEEPS = ("last", "best")
+# How the chosen trial is picked among the restarts, by the attack's own figures: its loss (objective plus
+# regularizers at the preset's weights), or log(objective) plus the regularizers, which compares objectives
+# by their ratio. The objective's scale differs by orders of magnitude between models (a cosine distance of
+# 0.002 on a ConvNet's gradient, 0.7 on an untrained ResNet-18's after the same iterations), so a difference
+# that decides one model is noise on the other; a ratio means the same on both.
+RANKS = ("loss", "log-objective")
+
+
+def check_prior_scales(value: Any) -> None:
+    """``prior_scales``: trial i's regularizer weights are the preset's times ``value[i % len(value)]``."""
+    if (not isinstance(value, (list, tuple)) or not value
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise ConfigError(f"prior_scales: must be a non-empty list of numbers > 0, got {value!r}")
 
 
 @dataclass
@@ -87,9 +121,20 @@ class GradientInversion(Component):
         seed: int = 0,
         adam_smoothing: float = 0.0,
         stop: Any = "never",
+        space: str = "pixel",
+        keep: str = "last",
+        prior_scales: Sequence[float] = (1.0,),
+        rank: str = "loss",
     ) -> None:
         if init not in INITS:
             raise ConfigError(f"init: unknown init {init!r}; choose one of: {', '.join(INITS)}")
+        if space not in SPACES:
+            raise ConfigError(f"space: unknown choice {space!r}; choose one of: {', '.join(SPACES)}")
+        if keep not in KEEPS:
+            raise ConfigError(f"keep: unknown choice {keep!r}; choose one of: {', '.join(KEEPS)}")
+        check_prior_scales(prior_scales)
+        if rank not in RANKS:
+            raise ConfigError(f"rank: unknown choice {rank!r}; choose one of: {', '.join(RANKS)}")
         if not adam_smoothing >= 0:
             raise ConfigError(f"adam_smoothing must be >= 0 (0: the client's exact Adam step), got {adam_smoothing}")
         if iterations < 1 or restarts < 1:
@@ -106,6 +151,9 @@ class GradientInversion(Component):
         self.stop = _build(STOPPING_RULES, stop)
         self.iterations, self.restarts, self.init, self.seed = iterations, restarts, init, seed
         self.adam_smoothing = float(adam_smoothing)
+        self.space, self.keep = space, keep
+        self.prior_scales = [float(v) for v in prior_scales]
+        self.rank = rank
 
     def components(self) -> list[Component]:
         return [self, self.objective, *(c for _, _, c in self.regularizers), self.optimizer, self.label_strategy, self.bn_strategy,
@@ -124,6 +172,10 @@ class GradientInversion(Component):
             "init": self.init,
             "seed": self.seed,
             "adam_smoothing": self.adam_smoothing,
+            "space": self.space,
+            "keep": self.keep,
+            "prior_scales": self.prior_scales,
+            "rank": self.rank,
         }
 
     # ------------------------------------------------------------------ setup
@@ -169,22 +221,23 @@ class GradientInversion(Component):
             # Random starts are drawn on the CPU (same seed, same start on any device), then
             # moved to the model's device, as are inferred labels.
             device = next(model.parameters()).device
-            x = self._init_images((r, n, *inputs.image_shape), gen).to(device)
+            space = self._space(model, inputs.image_shape[0], device)
+            x = self._init_images((r, n, *inputs.image_shape), gen).to(device)  # in the space optimised in
             if guess.labels is not None:
                 guess = LabelGuess(labels=guess.labels.to(device), logits=guess.logits)
             logits = guess.logits.clone().to(device) if guess.trainable else None
             groups = [list(range(r))] if getattr(self.optimizer, "independent_trials", True) else [[i] for i in range(r)]
             curves: list[list[float]] = [[] for _ in range(r)]
-            used = [self._optimise(sim, observed, guess, ctx_base, x, logits, group, curves, gi, callback)
+            used = [self._optimise(sim, observed, guess, ctx_base, x, logits, group, curves, gi, callback, space)
                     for gi, group in enumerate(groups)]
             lo, hi = inputs.data_range
-            x = x.clamp(lo, hi)
-            finals = [self._trial_loss(sim, observed, guess, ctx_base, x, logits, i, None, create_graph=False) for i in range(r)]
+            x = space.pixels(x).clamp(lo, hi)
+            finals = [self._trial_loss(sim, observed, guess, ctx_base, x[i], logits, i, None, create_graph=False) for i in range(r)]
         finally:
             model.train(was_training)
         totals = [float(t) for t, _ in finals]
         objectives = [float(o) for _, o in finals]
-        best = min(range(r), key=lambda i: (totals[i] if totals[i] == totals[i] else float("inf")))
+        best = min(range(r), key=lambda i: self._score(totals[i], objectives[i]))
         labels = guess.labels if not guess.trainable else logits[best].argmax(-1)  # type: ignore[index]
         elapsed = time.perf_counter() - start
         return AttackResult(
@@ -204,8 +257,28 @@ class GradientInversion(Component):
     def _labels_for(self, guess: LabelGuess, logits: Tensor | None, i: int) -> Tensor:
         return torch.softmax(logits[i], dim=-1) if logits is not None else guess.labels  # type: ignore[index,return-value]
 
-    def _trial_loss(self, sim, observed, guess, ctx_base, x, logits, i, group_mean, create_graph=True) -> tuple[Tensor, Tensor]:
-        xi = x[i]
+    def _space(self, model: torch.nn.Module, channels: int, device: torch.device) -> _Space:
+        if self.space == "pixel":
+            return _Space(None, None, None)
+        mean, std = (t.to(device) for t in input_statistics(model, channels))
+        box = getattr(self.optimizer, "box", None)
+        bounds = None if box is None else ((box[0] - mean) / std, (box[1] - mean) / std)
+        return _Space(mean, std, bounds)
+
+    def _score(self, total: float, objective: float) -> float:
+        """A trial's rank (lower is better; NaN last)."""
+        if self.rank == "log-objective":
+            total = math.log(max(objective, 1e-12)) + (total - objective)
+        return total if total == total else float("inf")
+
+    def _prior_scale(self, trial: int) -> float:
+        return self.prior_scales[trial % len(self.prior_scales)]
+
+    def _trial_loss(self, sim, observed, guess, ctx_base, xi, logits, i, group_mean, create_graph=True,
+                    scale: float = 1.0) -> tuple[Tensor, Tensor]:
+        """Trial ``i``'s attack loss and objective at the images ``xi`` (in the data range), its regularizers'
+        weights times ``scale``: its own prior while it is optimised; trials are ranked at scale 1, the
+        preset's weights, so that trials of different priors are compared by one criterion."""
         with torch.enable_grad(), batch_statistics(sim.model, detach=False) as layers:
             simulated = sim(xi, self._labels_for(guess, logits, i), create_graph=create_graph)
             obj = self.objective(simulated, observed)
@@ -216,29 +289,35 @@ class GradientInversion(Component):
             total = obj
             for _, weight, reg in self.regularizers:
                 if weight != 0.0:
-                    total = total + weight * reg(xi, ctx)
+                    total = total + scale * weight * reg(xi, ctx)
         if not create_graph:
             return total.detach(), obj.detach()
         return total, obj
 
-    def _optimise(self, sim, observed, guess, ctx_base, x, logits, group, curves, gi, callback) -> int:
+    def _optimise(self, sim, observed, guess, ctx_base, x, logits, group, curves, gi, callback, space) -> int:
         """Optimise one group of trials in place; returns the iterations it ran (the stopping rule may end it early)."""
         xg = x[group].clone().requires_grad_(True)
         lg = logits[group].clone().requires_grad_(True) if logits is not None else None
         variables = [xg] + ([lg] if lg is not None else [])
         last: list[float] = [0.0] * len(group)
+        best_loss = [float("inf")] * len(group)
+        best: list[tuple[Tensor, Tensor | None] | None] = [None] * len(group)
 
         def closure() -> Tensor:
-            group_mean = xg.detach().mean(0) if len(group) > 1 else None
+            group_mean = space.pixels(xg.detach()).mean(0) if len(group) > 1 else None
             grads = [torch.zeros_like(v) for v in variables]
             total = 0.0
             for j in range(len(group)):
-                loss, _ = self._trial_loss(sim, observed, guess, ctx_base, xg, lg, j, group_mean)
+                loss, _ = self._trial_loss(sim, observed, guess, ctx_base, space.pixels(xg[j]), lg, j, group_mean,
+                                           scale=self._prior_scale(group[j]))
                 for acc, g in zip(grads, torch.autograd.grad(loss, variables, allow_unused=True)):
                     if g is not None:
                         acc += g
                 last[j] = float(loss.detach())
                 total += last[j]
+                if self.keep == "best" and last[j] < best_loss[j]:  # the point just evaluated, before the step moves it
+                    best_loss[j] = last[j]
+                    best[j] = (xg[j].detach().clone(), lg[j].detach().clone() if lg is not None else None)
             for v, g in zip(variables, grads):
                 v.grad = g
             return torch.tensor(total)
@@ -256,10 +335,23 @@ class GradientInversion(Component):
 
         self.stop.reset()
         try:
-            self.optimizer.run(xg, variables[1:], closure, self.iterations, on_step)
+            self.optimizer.run(xg, variables[1:], closure, self.iterations, on_step, bounds=space.bounds)
         except _Stop:
             pass
+        if self.keep == "best":  # the last step's result was never evaluated: it competes too
+            images = space.pixels(xg.detach())
+            group_mean = images.mean(0) if len(group) > 1 else None
+            for j in range(len(group)):
+                final, _ = self._trial_loss(sim, observed, guess, ctx_base, images[j], lg, j, group_mean, create_graph=False,
+                                            scale=self._prior_scale(group[j]))
+                if float(final) < best_loss[j]:
+                    best[j] = None
         with torch.no_grad():
+            for j, kept in enumerate(best):
+                if kept is not None:
+                    xg[j] = kept[0]
+                    if lg is not None:
+                        lg[j] = kept[1]
             x[group] = xg.detach()
             if logits is not None:
                 logits[group] = lg.detach()  # type: ignore[union-attr]

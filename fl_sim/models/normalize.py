@@ -53,3 +53,12 @@ class Normalize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+def input_statistics(model: nn.Module, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (1, C, 1, 1) mean and std of the model's first :class:`Normalize` (public: it is part of the
+    model, never of the traffic); 0 and 1, the identity, for a model that has none."""
+    first = next((m for m in model.modules() if isinstance(m, Normalize)), None)
+    if first is None or first.mean.shape[1] != channels:
+        return torch.zeros(1, channels, 1, 1), torch.ones(1, channels, 1, 1)
+    return first.mean.detach().clone(), first.std.detach().clone()
