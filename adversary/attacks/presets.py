@@ -17,7 +17,7 @@ from adversary.attacks.objectives import OBJECTIVES
 from adversary.attacks.optimizers import OPTIMIZERS
 from adversary.attacks.registry import ConfigError
 from adversary.attacks.regularizers import REGULARIZERS
-from adversary.attacks.runner import INITS, KEEPS, RANKS, SPACES, GradientInversion, check_prior_scales
+from adversary.attacks.runner import CHOICES, GradientInversion, check_choice, check_prior_scales
 from adversary.attacks.stopping import STOPPING_RULES
 from fl_sim.config import ATTACK_SETTINGS_CHECKS
 from fl_sim.registry import Registry
@@ -174,9 +174,8 @@ def _validate(cfg: dict[str, Any]) -> None:
         for opt in opts:
             if opt != "weight" and opt not in accepted:
                 raise ConfigError(f"regularizers.{name}: unknown option {opt!r}; choose one of: weight, {', '.join(accepted)}")
-    for key, choices in (("init", INITS), ("space", SPACES), ("keep", KEEPS), ("rank", RANKS)):
-        if cfg.get(key, choices[0]) not in choices:
-            raise ConfigError(f"{key}: unknown choice {cfg[key]!r}; choose one of: {', '.join(choices)}")
+    for key, choices in CHOICES.items():
+        check_choice(key, cfg.get(key, choices[0]))
     for key in ("iterations", "restarts"):
         value = cfg.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -65,6 +65,15 @@ KEEPS = ("last", "best")
 RANKS = ("loss", "log-objective")
 
 
+CHOICES: dict[str, tuple[str, ...]] = {"init": INITS, "space": SPACES, "keep": KEEPS, "rank": RANKS}
+
+
+def check_choice(key: str, value: Any) -> None:
+    """One of the attack's named choices (``CHOICES``), or a one-line ConfigError listing them."""
+    if value not in CHOICES[key]:
+        raise ConfigError(f"{key}: unknown choice {value!r}; choose one of: {', '.join(CHOICES[key])}")
+
+
 def check_prior_scales(value: Any) -> None:
     """``prior_scales``: trial i's regularizer weights are the preset's times ``value[i % len(value)]``."""
     if (not isinstance(value, (list, tuple)) or not value
@@ -126,15 +135,9 @@ class GradientInversion(Component):
         prior_scales: Sequence[float] = (1.0,),
         rank: str = "loss",
     ) -> None:
-        if init not in INITS:
-            raise ConfigError(f"init: unknown init {init!r}; choose one of: {', '.join(INITS)}")
-        if space not in SPACES:
-            raise ConfigError(f"space: unknown choice {space!r}; choose one of: {', '.join(SPACES)}")
-        if keep not in KEEPS:
-            raise ConfigError(f"keep: unknown choice {keep!r}; choose one of: {', '.join(KEEPS)}")
+        for key, value in (("init", init), ("space", space), ("keep", keep), ("rank", rank)):
+            check_choice(key, value)
         check_prior_scales(prior_scales)
-        if rank not in RANKS:
-            raise ConfigError(f"rank: unknown choice {rank!r}; choose one of: {', '.join(RANKS)}")
         if not adam_smoothing >= 0:
             raise ConfigError(f"adam_smoothing must be >= 0 (0: the client's exact Adam step), got {adam_smoothing}")
         if iterations < 1 or restarts < 1:
