@@ -62,7 +62,8 @@ def test_best_keeps_the_iterate_with_the_lowest_attack_loss() -> None:
 
 
 @pytest.mark.parametrize(("over", "error"), [({"space": "rgb"}, "space: unknown choice 'rgb'; choose one of: pixel, normalized"),
-                                             ({"keep": "first"}, "keep: unknown choice 'first'; choose one of: last, best")])
+                                             ({"keep": "first"}, "keep: unknown choice 'first'; choose one of: last, best"),
+                                             ({"rank": "lpips"}, "rank: unknown choice 'lpips'; choose one of: loss, log-objective")])
 def test_bad_choices_are_one_line(over: dict, error: str) -> None:
     with pytest.raises(ConfigError, match=error):
         preset_config("inverting-gradients", over)
