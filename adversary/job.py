@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from adversary.attacks import PRESETS, audit_preset, preset_config
+import torch
+
+from adversary.attacks import PRESETS, AttackInputs, audit_preset, preset_config
 from adversary.evaluation import Evaluator, GrantError, threat_model_for
 from adversary.malicious.record import ServerRecord
-from adversary.methods import build_method
+from adversary.methods import AttackMethod, Reconstruction, build_method
 from adversary.observation import ModelFactory, Observation, build_observation, load_factory
 from adversary.outputs import ATTACK_JSON, attack_dir, write_attack_outputs
 from adversary.progress import PROGRESS_LOG, ProgressLog
@@ -27,7 +29,7 @@ from adversary.statement import AuditStatement
 from adversary.traffic_log import TrafficLog
 from fl_sim.deployment import load_card
 from fl_sim.devices import device_label, resolve_device
-from fl_sim.threat import Capability
+from fl_sim.threat import Capability, ThreatModel
 
 Progress = Callable[[int, float], None]
 
@@ -55,6 +57,38 @@ def aligned_labels(preset: str, overrides: dict[str, Any] | None, threat: dict[s
         pick = "idlg" if num_images == 1 else "yin" if num_images is not None and num_images <= num_classes else "count-aware"
         overrides["labels"] = {"name": pick}
     return overrides, threat
+
+
+@dataclass
+class PreparedAttack:
+    """One observation's attack, ready to run: the method, the threat model stating every grant, and the
+    inputs the evaluator granted (``overrides``: the attack settings after the label strategy was aligned)."""
+
+    obs: Observation
+    method: AttackMethod
+    threat_model: ThreatModel
+    inputs: AttackInputs
+    overrides: dict[str, Any]
+
+    def run(self, progress: Progress | None, device: torch.device) -> Reconstruction:
+        """On ``device`` where the method gains from it (else the CPU); the result back on the CPU."""
+        where = device if self.method.accelerated else resolve_device("cpu")
+        return self.method.run(self.obs, self.inputs.to(where), self.threat_model, progress).cpu()
+
+
+def prepare_attack(obs: Observation, evaluator: Evaluator, name: str, preset: str, overrides: dict[str, Any] | None,
+                   threat: dict[str, Any] | None) -> PreparedAttack:
+    """The method ``name`` (a preset, or a malicious server's recovery) against ``obs``, its grants checked
+    before anything runs."""
+    if name == preset and preset in PRESETS:
+        overrides, threat = aligned_labels(preset, overrides, threat, threat_model_for(obs, threat).num_images, obs.num_classes)
+    method = build_method(name, preset=preset, overrides=overrides)
+    threat_model = threat_model_for(obs, threat)
+    if Capability.NUM_IMAGES in method.requirements() and threat_model.num_images is None:
+        raise GrantError("threat.num_images: the traffic does not reveal the batch size; grant it (--set threat.num_images=N)")
+    inputs = evaluator.grant(obs, threat_model)
+    method.check(inputs, threat_model)
+    return PreparedAttack(obs, method, threat_model, inputs, dict(overrides or {}))
 
 
 def _label(obs: Observation) -> str:
@@ -99,27 +133,20 @@ def run_job(
     server = ServerRecord(run_dir) if target.kind == "malicious" else None
     with TrafficLog.open(run_dir) as log:
         obs = build_observation(log, card, target, factory=factory, server=server)
-    if not target.strategy and preset in PRESETS:
-        attack_overrides, threat = aligned_labels(preset, attack_overrides, threat,
-                                                  threat_model_for(obs, threat).num_images, obs.num_classes)
-    method = build_method(target.strategy or preset, preset=preset, overrides=attack_overrides)
-    threat_model = threat_model_for(obs, threat)
-    if Capability.NUM_IMAGES in method.requirements() and threat_model.num_images is None:
-        raise GrantError("threat.num_images: the traffic does not reveal the batch size; grant it (--set threat.num_images=N)")
     client_data = None
     if audit is not None and audit.client_data:
         client_data = load_factory(audit.client_data, audit.root or (card.model.factory_root if card.model else None),
                                    option="--client-data")
     evaluator = Evaluator.open(run_dir)
-    inputs = evaluator.grant(obs, threat_model)
-    method.check(inputs, threat_model)
-    checked = evaluator.recipe_check(obs, inputs, threat_model, client_data) if not obs.refused else {}
+    prepared = prepare_attack(obs, evaluator, target.strategy or preset, preset, attack_overrides, threat)
+    method, threat_model, attack_overrides = prepared.method, prepared.threat_model, prepared.overrides
+    checked = evaluator.recipe_check(obs, prepared.inputs, threat_model, client_data) if not obs.refused else {}
     if checked.get("recipe_warning") and warn is not None:
         warn(checked["recipe_warning"])
     logged = ProgressLog(run_dir / PROGRESS_LOG, f"msg {obs.message} round {obs.round} {method.name}",
                          method.total_iterations, echo=echo, inner=progress)
+    recon = prepared.run(logged, where)
     where = where if method.accelerated else resolve_device("cpu")
-    recon = method.run(obs, inputs.to(where), threat_model, logged).cpu()
 
     assessed = evaluator.assess(obs, method, recon, client_data, threat_model.num_images)
     metrics = {**checked, **assessed.metrics}

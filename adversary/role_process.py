@@ -19,15 +19,16 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from adversary.roles import AttackTarget, Intercept, RoleContext, RoleError, ServerAggregate
+from adversary.roles.base import DECODERS, TargetKind
 from adversary.traffic_log import TRAFFIC_DIR
 
 START_S = 300.0  # a fresh interpreter importing torch and the role, on a loaded machine
 ANSWER_S = 300.0  # a role's answer to one message
 MAX_LINE = 16 << 20
-_KINDS = ("update", "aggregate", "malicious")
+_KINDS = get_args(TargetKind)
 
 
 class RoleFault(Exception):
@@ -74,8 +75,16 @@ def checked_target(data: Any) -> AttackTarget:
         raise bad("strategy")
     if not isinstance(data.get("from_aggregate"), bool):
         raise bad("from_aggregate")
+    decode = data.get("decode") or []
+    if not isinstance(decode, list) or any(d not in DECODERS for d in decode) or (data["kind"] == "decode") != bool(decode):
+        raise bad("decode")
+    for name in ("epochs", "private_images"):
+        value = data.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise bad(name)
     return AttackTarget(data["kind"], data["round"], tuple(data["messages"]), data["client"], data["strategy"],
-                        data["from_aggregate"], tuple(data["nodes"]))
+                        data["from_aggregate"], tuple(data["nodes"]), tuple(decode), data.get("epochs"),
+                        data.get("private_images"))
 
 
 def lookup_path() -> list[str]:

@@ -27,6 +27,7 @@ from typing import Any
 import ray
 import torch
 
+from adversary.decode_job import run_decode_job
 from adversary.job import run_job
 from adversary.jobs import JobBook
 from adversary.role_process import Confinement, RoleFault, RoleProcess, lookup_path
@@ -62,7 +63,8 @@ def execute_job(run_dir: str, job_id: int, audit: AuditStatement | None = None, 
                         "error": (job.error or "").splitlines()[0] if job.error else None}
             return {"job": job_id, "state": "elsewhere"}
         try:
-            outcome = run_job(run_dir, job.target, job.preset or None, attack_overrides=job.overrides, threat=job.threat, audit=audit,
+            runner = run_decode_job if job.target.kind == "decode" else run_job
+            outcome = runner(run_dir, job.target, job.preset or None, attack_overrides=job.overrides, threat=job.threat, audit=audit,
                               **run_options)
         except raise_refused:
             book.discard(job_id)

@@ -22,10 +22,11 @@ from rich.table import Table
 from adversary.attacks import AUDIT_PRESET, PRESETS, audit_preset
 from adversary.attacks import ConfigError as AttackConfigError
 from adversary.evaluation import GrantError
-from adversary.job import AuditStatement, run_job
+from adversary.job import AuditStatement
 from adversary.jobs import JobBook
 from adversary.observation import ObservationError, client_updates
-from adversary.roles import AttackTarget
+from adversary.roles import AttackTarget, RoleError
+from adversary.roles.base import check_decoders, positive_count
 from adversary.service import execute_job, role_faults, role_process_note
 from adversary.traffic_log import TrafficLog, TrafficLogError
 from adversary.traffic_stats import round_metrics
@@ -254,10 +255,46 @@ def _attack_overrides(assignments: list[str]) -> tuple[dict, dict]:
     return tree.get("attack", {}), tree.get("threat", {})
 
 
-def _attack_targets(args: argparse.Namespace) -> list[int]:
+def _round_range(text: str) -> tuple[int, int]:
+    """``A-B`` (or one round ``A``) as an inclusive range; one line naming --rounds otherwise."""
+    first, _, last = text.partition("-")
+    try:
+        low, high = int(first), int(last or first)
+    except ValueError:
+        raise UserError(f"--rounds: expected A-B (server rounds, e.g. 1-20) or one round, got {text!r}") from None
+    if low < 0 or high < low:
+        raise UserError(f"--rounds: expected A-B with 0 <= A <= B, got {text!r}")
+    return low, high
+
+
+def _decode_target(args: argparse.Namespace, log: TrafficLog) -> AttackTarget:
+    """One client's updates over --rounds, to invert and decode (--decode)."""
+    try:
+        decoders = check_decoders("--decode", args.decode)
+        epochs = positive_count("--epochs", args.epochs)
+        private_images = positive_count("--private-images", args.private_images)
+    except RoleError as exc:
+        raise UserError(str(exc)) from None
+    if args.client is None:
+        raise UserError("--client: give the node id whose updates to decode (see fl-sim traffic list)")
+    if args.rounds is None:
+        raise UserError("--rounds: give the rounds whose updates to gather, A-B (T epochs of the client's updates)")
+    low, high = _round_range(args.rounds)
+    updates = [m for m in client_updates(log, client=args.client) if m.round is not None and low <= m.round <= high]
+    if not updates:
+        raise UserError(f"--rounds/--client: no captured update of node {args.client} in rounds {low}-{high}")
+    return AttackTarget("decode", high, tuple(m.id for m in updates), client=args.client, decode=decoders, epochs=epochs,
+                        private_images=private_images)
+
+
+def _attack_targets(args: argparse.Namespace) -> list[AttackTarget]:
     with TrafficLog.open(args.run_dir) as log:
+        if args.decode is not None:
+            return [_decode_target(args, log)]
+        if args.rounds is not None or args.epochs is not None or args.private_images is not None:
+            raise UserError("--decode: --rounds, --epochs and --private-images are for decoding (--decode keyless|keys)")
         if args.msg is not None:
-            return [args.msg]
+            return [AttackTarget("update", None, (args.msg,))]
         if args.round is None:
             raise UserError("--round: give the round to attack (or --msg MSG_ID)")
         updates = client_updates(log, round=args.round, client=None if args.all else args.client)
@@ -265,7 +302,7 @@ def _attack_targets(args: argparse.Namespace) -> list[int]:
             raise UserError("--client: give the client node id to attack, or --all for every client of the round")
     if not updates:
         raise UserError(f"--round/--client: no captured client update matches (round {args.round}, client {args.client})")
-    return [m.id for m in updates]
+    return [AttackTarget("update", None, (m.id,)) for m in updates]
 
 
 def _resume_attacks(args: argparse.Namespace, console: Console) -> int:
@@ -302,11 +339,10 @@ REFUSED = (AttackConfigError, ThreatModelError, GrantError, TrafficLogError, Gro
            DeploymentCardError, KeyError)
 
 
-def _cli_job(args: argparse.Namespace, msg_id: int, attack_overrides: dict, threat: dict, statement: AuditStatement) -> int:
-    """The job book's entry for this command's attack on ``msg_id``: the same request (preset, --set and
+def _cli_job(args: argparse.Namespace, target: AttackTarget, attack_overrides: dict, threat: dict, statement: AuditStatement) -> int:
+    """The job book's entry for this command's attack on ``target``: the same request (preset, --set and
     every statement about the app: model, recipe, data) finds the same job (done: skipped; killed:
     resumable with --resume; failed: tried again); any other request is a job of its own."""
-    target = AttackTarget("update", None, (msg_id,))
     preset = args.preset or ""  # none named: the attack's default for the run (the book's column is text)
     request = [attack_overrides, threat, dataclasses.asdict(statement)]
     variant = hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -334,9 +370,11 @@ def _cmd_attack(args: argparse.Namespace, console: Console) -> int:
     terminal = console.is_terminal
     failed = 0
     had_book = JobBook.exists(args.run_dir)
-    for msg_id in targets:
-        job_id = _cli_job(args, msg_id, attack_overrides, threat, statement)
-        with Progress(TextColumn(f"attack msg {msg_id}"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.description}"),
+    for target in targets:
+        msg_id = target.messages[0]
+        what = f"decode node {target.client} ({len(target.messages)} updates)" if target.kind == "decode" else f"msg {msg_id}"
+        job_id = _cli_job(args, target, attack_overrides, threat, statement)
+        with Progress(TextColumn(f"attack {what}"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.description}"),
                       TimeElapsedColumn(), console=console, transient=True, disable=not terminal) as progress:
             bar = progress.add_task("-", total=None)
 
@@ -344,7 +382,7 @@ def _cmd_attack(args: argparse.Namespace, console: Console) -> int:
                 progress.update(bar, completed=iteration + 1, description=f"{loss:.4g}")
 
             def warn(text: str) -> None:
-                console.print(f"[bold red]warning[/bold red]: msg {msg_id}: {text}", highlight=False)
+                console.print(f"[bold red]warning[/bold red]: {what}: {text}", highlight=False)
 
             try:
                 result = execute_job(str(args.run_dir), job_id, audit=statement, raise_refused=REFUSED, progress=update, warn=warn,
@@ -356,13 +394,38 @@ def _cmd_attack(args: argparse.Namespace, console: Console) -> int:
                 raise UserError(str(message)) from None
         if result["state"] == "done":
             if result.get("before"):
-                console.print(f"msg {msg_id}: attacked before with these settings (job {job_id}); not run again", highlight=False)
-            _print_attack(console, msg_id, result["metrics"])
+                console.print(f"{what}: attacked before with these settings (job {job_id}); not run again", highlight=False)
+            if target.kind == "decode":
+                _print_decode(console, result["metrics"])
+            else:
+                _print_attack(console, msg_id, result["metrics"])
             console.print(f"  outputs: {result['out_dir']}")
         else:
             failed += result["state"] == "failed"
-            console.print(f"msg {msg_id} (job {job_id}): {_job_state(result)}", highlight=False)
+            console.print(f"{what} (job {job_id}): {_job_state(result)}", highlight=False)
     return 1 if failed else 0
+
+
+def _print_decode(console: Console, m: dict) -> None:
+    """One line per decoder: what it claims, how it scores, and the floor it must beat."""
+    rounds = m.get("rounds") or [None, None]
+    console.print(f"node {m.get('client_node')}: {m.get('updates')} updates (rounds {rounds[0]}-{rounds[1]}) inverted "
+                  f"({m.get('method')}), {m.get('encodings')} encodings decoded", highlight=False)
+    for decoder, d in (m.get("decoders") or {}).items():
+        line = f"  {decoder}: {d.get('identifiable')} images decoded"
+        if d.get("private_images_used") is not None:
+            line += f" (looked for {d['private_images_used']})"
+        if d.get("lpips_avg") is not None:
+            line += (f"; of the {d.get('num_images')} private images: LPIPS avg {d['lpips_avg']:.3f} best {d['lpips_best']:.3f}, "
+                     f"PSNR avg {d['psnr_avg']:.2f} dB, {d.get('exact_recovered')} exact")
+        if d.get("verdict_counts"):
+            line += "; verdict " + ", ".join(f"{n} {level}" for level, n in d["verdict_counts"].items() if n)
+        console.print(line, highlight=False)
+        console.print(f"    outputs: attacks/{d.get('folder')}", highlight=False)
+    floor = m.get("encodings_as_candidates")
+    if floor:
+        console.print(f"  the inverted encodings themselves as candidates: LPIPS avg {floor['lpips_avg']:.3f} "
+                      "(a decoder above this has added nothing)", highlight=False)
 
 
 def _print_attack(console: Console, msg_id: int, m: dict) -> None:
@@ -480,6 +543,13 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--client", type=int, help="client node id (see fl-sim traffic list)")
     attack.add_argument("--all", action="store_true", help="every captured client update of --round")
     attack.add_argument("--resume", action="store_true", help="run the attacks the run's adversary left pending")
+    attack.add_argument("--decode", metavar="DECODERS",
+                        help="MixUp/InstaHide: invert --client's updates of --rounds and decode the private images: "
+                             "keyless (nothing granted), keys (the mixing keys, with threat.mixing_keys=true) or keyless,keys")
+    attack.add_argument("--rounds", metavar="A-B", help="with --decode: the server rounds whose updates to gather (T epochs)")
+    attack.add_argument("--epochs", type=int, help="with --decode: the passes over the client's data those updates cover "
+                                                   "(sizes the keyless decode; else estimated)")
+    attack.add_argument("--private-images", type=int, help="with --decode: the client's private images, where known")
     _statement_options(attack)
     attack.add_argument("--update-kind", choices=("weights", "delta", "gradient"),
                         help="audited apps: what clients send (default: weights, as Flower's strategies expect)")

@@ -79,8 +79,8 @@ def validate_adversary(config: RunConfig) -> None:
 
 def write_deployment_card(config: RunConfig, task: Task, run_dir: Path) -> None:
     """What is public about this deployment, for the attacker (``deployment.json``)."""
-    encoder, center = public_encoding(config, task.new_model(), task.dataset.input_shape[0])
-    simulation_card(config, task, encoder=encoder, sign_center=center).write(run_dir)
+    encoding = public_encoding(config, task.new_model(), task.dataset.input_shape[0])
+    simulation_card(config, task, **encoding.card_fields()).write(run_dir)
 
 
 def write_partitions(config: RunConfig, task: Task, run_dir: Path) -> None:

@@ -10,8 +10,8 @@ import base64
 import html
 import json
 import mimetypes
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from experiments.base import Figure, Table

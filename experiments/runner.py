@@ -14,8 +14,8 @@ from typing import Any
 from experiments.base import Cell, CellContext, Experiment, Figure, Simulate, Table
 from experiments.cache import CellCache, cell_key
 from experiments.registry import ExperimentError, get_experiment
-from experiments.settings import check_overrides
 from experiments.report import write_html_report
+from experiments.settings import check_overrides
 from experiments.tables import to_markdown, write_table
 from fl_sim.config import apply_override, deep_merge
 from fl_sim.rundir import package_versions, write_json_atomic

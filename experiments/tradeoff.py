@@ -13,39 +13,33 @@ images, and reported as average, best and standard deviation.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
-from safetensors.torch import load_file
 
 from adversary.attacks import huang_eq3_for_defense
-from adversary.decode import decode_with_keys
+from adversary.decode_job import run_decode_job
 from adversary.job import run_job
 from adversary.jobs import JobBook
-from adversary.metrics import evaluate_reconstruction
 from adversary.observation import client_updates
 from adversary.roles import AttackTarget
 from adversary.traffic_log import TrafficLog
 from clients.overhead import measure_overhead
+from experiments._runs import cell_run_config
 from experiments.base import Cell, CellContext, Figure, Table
 from experiments.registry import register
-from fl_sim.config import RunConfig, apply_override, build_config, deep_merge
-from fl_sim.deployment import load_card
-from fl_sim.ground_truth import GroundTruth
-from fl_sim.rundir import load_run_config
-from fl_sim.task import load_task
+from fl_sim.config import RunConfig, deep_merge
 
 ENCODERS = ("mixup", "instahide")
 # ABAB pairs per defense: one pair's ratio scatters by about 10 % on a shared 2-core machine (the same
 # matmul loop takes 0.16 to 0.25 s there), so the median of 15 moved by 10 % between two runs; of 40, by ~3 %.
 OVERHEAD_PAIRS = 40
 TIME_ROW = "Training time (x, side by side)"
+KEYLESS_SUFFIX = " (no keys)"
 TIME_NOTE = ("Training time: a client round (the utility run's model, batch and local steps) with the defenses over one "
              "without, in CPU seconds on one torch thread, run alternately in one process after a warm-up, median of {pairs} pairs "
              "(clients.overhead); SecAgg+'s is the client's whole protocol round (keys, shares, masks, training) over the same "
@@ -195,20 +189,27 @@ class TradeoffExperiment:
     # -- outputs ---------------------------------------------------------
     def tables(self, settings: dict[str, Any], results: dict[str, dict[str, Any]]) -> list[Table]:
         labels = [d["label"] for d in settings["defenses"]]
+        # Each MixUp/InstaHide defense twice: decoded with the keys granted (the paper's upper bound), then without.
+        columns = [(d["label"], prefix) for d in settings["defenses"]
+                   for prefix in (("", "keyless_") if _encoder(d["stack"]) and not d.get("role") else ("",))]
         tables = []
         for attacker in settings["attack"]["attackers"]:
             table = Table(
                 name=f"table_{attacker}",
                 title=f"Utility and leakage, {attacker} attacker ({settings['data']['name']}, {settings['model']['name']})",
-                columns=["", *labels],
+                columns=["", *[f"{lab}{KEYLESS_SUFFIX if prefix else ''}" for lab, prefix in columns]],
             )
-            util = [results.get(f"utility/{lab}", {}) for lab in labels]
+            util = [results.get(f"utility/{lab}", {}) for lab, _ in columns]
             table.rows.append(["Test accuracy (%)", *[_pct(u.get("accuracy")) for u in util]])
             table.rows.append([TIME_ROW, *[_time_cell(u) for u in util]])
             for b in settings["attack"]["batch_sizes"]:
-                cells = [results.get(f"attack/{attacker}/b{b}/{lab}", {}) for lab in labels]
+                cells = [(results.get(f"attack/{attacker}/b{b}/{lab}", {}), prefix) for lab, prefix in columns]
                 for stat in ("avg", "best", "std"):
-                    table.rows.append([f"bs={b} LPIPS {stat}", *[c.get(f"lpips_{stat}") for c in cells]])
+                    table.rows.append([f"bs={b} LPIPS {stat}", *[c.get(f"{prefix}lpips_{stat}") for c, prefix in cells]])
+                table.rows.append([f"bs={b} recognised", *[c.get(f"{prefix}recognised") for c, prefix in cells]])
+                if any(prefix for _, prefix in columns):
+                    table.rows.append([f"bs={b} encodings as candidates, LPIPS avg",
+                                       *[c.get(f"{prefix}encodings_as_candidates_lpips") for c, prefix in cells]])
             table.notes.append(TIME_NOTE.format(pairs=settings["utility"].get("overhead_pairs", OVERHEAD_PAIRS)))
             for lab, u in zip(labels, util):
                 measured = u.get("overhead") or {}
@@ -217,13 +218,19 @@ class TradeoffExperiment:
                                        f"{measured['examples_plain']} behind a plain one.")
                 if "q1" in measured:
                     table.notes.append(_noise_note(lab, measured))
-            table.notes.append("LPIPS (AlexNet) after one-to-one matching; lower means more leakage.")
+            table.notes.append("LPIPS (AlexNet) after one-to-one matching; lower means more leakage. Recognised: private "
+                               "images the calibrated verdict recognises, of those judged. Encodings as candidates: the "
+                               "inverted encodings themselves scored as if decoded, the floor a decode must beat to have "
+                               "added anything (on digits a mix whose own coefficient is large already looks like its image).")
             table.notes.append(
                 f"Attack: {settings['attack']['preset']}, {settings['attack']['iterations']} iterations, "
-                f"{settings['attack']['images']} private images per cell; MixUp/InstaHide rows decode "
+                f"{settings['attack']['images']} private images per cell; MixUp/InstaHide columns decode "
                 f"{settings['attack']['epochs']} epochs of reconstructed encodings with the mixing keys granted "
-                "(InstaHide's signs not granted: scored against |x - c|, the image up to the sign of each pixel's "
-                "deviation from the centre c the signs flip around, the dataset mean by default)."
+                "(the paper's upper bound), and the columns marked" + KEYLESS_SUFFIX + " decode the same encodings "
+                "without keys (cone-facet clustering and regression, told the epochs: Carlini et al.'s attacker "
+                "without their learned similarity); InstaHide's signs are never granted: scored against |x - c|, "
+                "the image up to the sign of each pixel's deviation from the centre c the signs flip around, the "
+                "dataset mean by default. Accuracy and time of a" + KEYLESS_SUFFIX + " column are its defense's."
             )
             tables.append(table)
         return tables
@@ -268,25 +275,8 @@ def _round2(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def _run_config(params: dict[str, Any], workdir: Path, sections: dict[str, Any], extra: list[str]) -> RunConfig:
-    """The cell's run config: its data, model and defenses, ``sections`` merged in, then the row's
-    own ``key=value`` settings (``utility_set`` / ``attack_set``), which win."""
-    tree = deep_merge({
-        "seed": params["seed"],
-        "name": params["kind"],
-        "out_dir": str(workdir),
-        "data": {"name": params["data"]["name"], **({"root": params["data"]["root"]} if params["data"].get("root") else {})},
-        "model": {"name": params["model"]["name"], "options": params["model"].get("options", {})},
-        "defenses": params["stack"],
-        "engine": {"name": "inline"},
-    }, sections)
-    for item in extra:
-        apply_override(tree, item)
-    return build_config(tree)
-
-
 def _run_utility(params: dict[str, Any], workdir: Path, ctx: CellContext) -> dict[str, Any]:
-    cfg = _run_config(params, workdir, {
+    cfg = cell_run_config(params, workdir, {
         "federation": {"num_clients": params["num_clients"], "rounds": params["rounds"], "local_steps": params["local_steps"],
                        "batch_size": params["batch_size"], "lr": params["lr"], "protocol": "fedavg"},
         "tap": {"enabled": False, "ground_truth": False},
@@ -319,6 +309,14 @@ def _overhead(cfg: RunConfig, params: dict[str, Any]) -> dict[str, Any]:
     return {"time_ratio": measured.ratio, "overhead": measured.as_dict()}
 
 
+def _recognised(metrics: list[dict[str, Any]]) -> str | None:
+    """``recognised/judged`` over the attacks' calibrated verdicts (None where none was judged)."""
+    counts = [m["verdict_counts"] for m in metrics if isinstance(m.get("verdict_counts"), dict)]
+    if not counts:
+        return None
+    return f"{sum(c.get('recognised', 0) for c in counts)}/{sum(sum(c.values()) for c in counts)}"
+
+
 def _summary(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"lpips_avg": None, "lpips_best": None, "lpips_std": None}
@@ -336,28 +334,51 @@ def _run_attack(params: dict[str, Any], workdir: Path, ctx: CellContext) -> dict
         return _run_role_attack(params, workdir, overrides, attacker["threat"], ctx)
     private = math.ceil(max(params["images"], b) / b) * b
     rounds = (private // b) * (params["epochs"] if encoder else 1)
-    cfg = _run_config(params, workdir, {
+    cfg = cell_run_config(params, workdir, {
         "federation": {"num_clients": 1, "protocol": "fedsgd", "batch_size": b, "rounds": rounds},
         "data": {"max_train": private, "max_test": 64},
     }, params.get("attack_set", []))
     run_dir = ctx.simulation()(cfg, quiet=True).run_dir
     with TrafficLog.open(run_dir) as log:
         updates = [m.id for m in client_updates(log)]
+    if encoder:
+        return {"run_dir": str(run_dir), "updates": len(updates),
+                **_decode(run_dir, updates, params, overrides, dict(attacker["threat"]), ctx)}
     per_image: list[float] = []
-    attacks = []
+    attacks, verdicts = [], []
     for i, msg_id in enumerate(updates, 1):
         ctx.progress(f"  attack {i}/{len(updates)} (message {msg_id})")
         outcome = run_job(run_dir, AttackTarget("update", None, (msg_id,)), params["preset"], attack_overrides=overrides,
                           threat=dict(attacker["threat"]))
         attacks.append(str(outcome.out_dir))
         per_image += outcome.metrics.get("lpips", [])
-    result: dict[str, Any] = {"run_dir": str(run_dir), "attacks": attacks, "updates": len(updates)}
-    if encoder:
-        result.update(_decode(run_dir, attacks))
-        result["encoding_lpips"] = _summary(per_image)["lpips_avg"]
-    else:
-        result.update(_summary(per_image))
-    return result
+        verdicts.append(outcome.metrics)
+    return {"run_dir": str(run_dir), "attacks": attacks, "updates": len(updates), **_summary(per_image),
+            "recognised": _recognised(verdicts)}
+
+
+def _decode(run_dir: Path, updates: list[int], params: dict[str, Any], overrides: dict[str, Any], threat: dict[str, Any],
+            ctx: CellContext) -> dict[str, Any]:
+    """Invert the client's updates over the cell's epochs once and decode them twice: with the mixing keys
+    granted (the paper's upper bound: ``lpips_*``) and without them (``keyless_lpips_*``, told the epochs).
+    InstaHide's signs are never granted: both decode ``|x~ - c|`` and are scored against ``|x - c|``."""
+    ctx.progress(f"  invert {len(updates)} updates, decode with and without keys")
+    target = AttackTarget("decode", None, tuple(updates), decode=("keys", "keyless"), epochs=params["epochs"])
+    outcome = run_decode_job(run_dir, target, params["preset"], attack_overrides=overrides,
+                             threat={**threat, "mixing_keys": True})
+    decoders = outcome.metrics["decoders"]
+    keyless = decoders["keyless"]
+    return {
+        **{f"lpips_{stat}": decoders["keys"].get(f"lpips_{stat}") for stat in ("avg", "best", "std")},
+        "identifiable": decoders["keys"].get("identifiable"), "private_images": outcome.metrics.get("private_images_true"),
+        **{f"keyless_lpips_{stat}": keyless.get(f"lpips_{stat}") for stat in ("avg", "best", "std")},
+        "keyless_identifiable": keyless.get("identifiable"), "keyless_verdicts": keyless.get("verdict_counts"),
+        "recognised": _recognised([decoders["keys"]]), "keyless_recognised": _recognised([keyless]),
+        "keyless_encodings_as_candidates_lpips": outcome.metrics["encodings_as_candidates"]["lpips_avg"],
+        "encodings_as_candidates_lpips": outcome.metrics["encodings_as_candidates"]["lpips_avg"],
+        "inversion_psnr": outcome.metrics["inversion"]["psnr_avg"],
+        "attacks": [str(run_dir / "attacks" / d["folder"]) for d in decoders.values()],
+    }
 
 
 def _run_role_attack(params: dict[str, Any], workdir: Path, overrides: dict[str, Any], threat: dict[str, Any],
@@ -368,7 +389,7 @@ def _run_role_attack(params: dict[str, Any], workdir: Path, overrides: dict[str,
     grants = {k: v for k, v in threat.items() if k != "bn_stats"}  # no private batch BN stats for aggregates
     # Aggregates have no single private batch: no BN statistics to grant, no BN prior.
     overrides = deep_merge(overrides, ATTACKERS["realistic"]["attack"])
-    cfg = _run_config(params, workdir, {
+    cfg = cell_run_config(params, workdir, {
         "federation": {"num_clients": clients, "protocol": "fedsgd", "batch_size": b, "rounds": 3},
         "data": {"max_train": clients * max(params["images"], b), "max_test": 64},
         "adversary": {"role": params["role"], "preset": params["preset"], "attack": overrides,
@@ -383,46 +404,8 @@ def _run_role_attack(params: dict[str, Any], workdir: Path, overrides: dict[str,
                            f"{(failed[0].error or failed[0].state).splitlines()[0]}")
     per_image = [v for j in jobs if j.metrics for v in j.metrics.get("lpips", [])]
     return {"run_dir": str(run_dir), "attacks": [j.out_dir for j in jobs], "updates": len(jobs),
-            "failed": sum(j.state != "done" for j in jobs), **_summary(per_image)}
-
-
-def _decode(run_dir: Path, attack_dirs: list[str]) -> dict[str, Any]:
-    """Decode the private images from the reconstructed encodings, keys granted.
-
-    InstaHide's random signs are not granted: the decode works on the magnitudes
-    ``|x~ - c|`` around the centre the signs flip around, as mixtures of ``|x - c|``
-    (exact for ``c = 0``). That recovers at best ``|x - c|`` (what Carlini et al.
-    recover: images up to the sign of each pixel's deviation from ``c``), so that is
-    what it is scored against, the attacker-favourable upper bound.
-    """
-    truth = GroundTruth.open(run_dir)
-    task = load_task(load_run_config(run_dir))
-    center = load_card(run_dir).sign_center
-    unsign = (lambda x: x) if center is None else (lambda x: (x - torch.tensor(center).view(1, -1, 1, 1)).abs())
-    pool = np.asarray(task.partitions[0])
-    local = {int(g): i for i, g in enumerate(pool)}
-    encodings, partners, coeffs = [], [], []
-    with TrafficLog.open(run_dir) as log:
-        for attack_dir in attack_dirs:
-            meta = json.loads((Path(attack_dir) / "attack.json").read_text())
-            reply = log.message(meta["message"])
-            batch = truth.batch_for(reply.reply_to or "")
-            step = batch.steps[0]
-            # Reconstruction i is tied to encoding i by its (unique, soft) known label.
-            encodings.append(unsign(load_file(str(Path(attack_dir) / "reconstruction.safetensors"))["images"]))
-            partners.append(np.vectorize(local.get)(step["keys/partners"]))
-            coeffs.append(step["keys/coeffs"])
-    decoded = decode_with_keys(
-        torch.cat(encodings), torch.from_numpy(np.concatenate(partners)).long(),
-        torch.from_numpy(np.concatenate(coeffs)).float(), num_private=len(pool),
-    )
-    images, mask = decoded.images, decoded.identifiable
-    originals = unsign(task.dataset.train_x[torch.as_tensor(pool)])
-    if int(mask.sum()) == 0:
-        return {"lpips_avg": None, "lpips_best": None, "lpips_std": None, "identifiable": 0}
-    metrics = evaluate_reconstruction(images[mask].clamp(0, 1), originals[mask])
-    return {"lpips_avg": metrics["lpips_avg"], "lpips_best": metrics["lpips_best"], "lpips_std": metrics["lpips_std"],
-            "identifiable": int(mask.sum()), "private_images": len(pool)}
+            "failed": sum(j.state != "done" for j in jobs), **_summary(per_image),
+            "recognised": _recognised([j.metrics for j in jobs if j.metrics])}
 
 
 register(TradeoffExperiment)

@@ -164,6 +164,9 @@ class DeploymentCard(_Card):
     defenses: tuple[str, ...] = ()  # the clients' defenses, by name (the protocol the deployment announces)
     encoder: str | None = None  # the deployment's batch encoder (mixup, instahide)
     sign_center: tuple[float, ...] | None = None  # InstaHide: the per-channel value signs flip around
+    encoder_k: int | None = Field(None, ge=2)  # images per mix (None: a card written before it was recorded)
+    encoder_max_coeff: float | None = Field(None, gt=0, le=1)  # the largest mixing coefficient the protocol allows
+    encoder_variant: Literal["intra", "inter"] | None = None  # InstaHide: partners private (intra) or public (inter)
     shared_keys: tuple[str, ...] = ()  # wire order of the global tensors (empty: the model's state_dict order)
     # What a reply's num-examples counts: the examples behind the update (fl-sim's clients) or the
     # client's dataset (what Flower's example apps report), which reveals no batch size.
@@ -200,8 +203,10 @@ def load_card(run_dir: str | Path) -> DeploymentCard:
 
 
 def simulation_card(config: RunConfig, task: Task, *, encoder: str | None = None,
-                    sign_center: tuple[float, ...] | None = None) -> DeploymentCard:
-    """The card of one of fl-sim's own runs; ``encoder``/``sign_center`` come from the clients' defenses."""
+                    sign_center: tuple[float, ...] | None = None, encoder_k: int | None = None,
+                    encoder_max_coeff: float | None = None, encoder_variant: str | None = None) -> DeploymentCard:
+    """The card of one of fl-sim's own runs; the encoder's public side (name, k, largest coefficient,
+    variant, sign centre) comes from the clients' defenses."""
     fed, data = config.federation, task.dataset
     return DeploymentCard(
         origin="simulation",
@@ -217,5 +222,8 @@ def simulation_card(config: RunConfig, task: Task, *, encoder: str | None = None
         defenses=tuple(d.name for d in config.defenses),
         encoder=encoder,
         sign_center=sign_center,
+        encoder_k=encoder_k,
+        encoder_max_coeff=encoder_max_coeff,
+        encoder_variant=encoder_variant,
         shared_keys=tuple(task.shared_keys(task.new_model())),
     )

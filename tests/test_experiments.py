@@ -31,11 +31,18 @@ def test_tradeoff_smoke_produces_paper_layout_tables(tradeoff) -> None:
     _out, outcome = tradeoff
     assert outcome.ran == 6 and outcome.cached == 0
     table = outcome.tables[0]
-    assert table.columns == ["", "none", "GradPrune 0.99", "MixUp k=4"]
+    assert table.columns == ["", "none", "GradPrune 0.99", "MixUp k=4", "MixUp k=4 (no keys)"]
     rows = {row[0]: row[1:] for row in table.rows}
-    assert set(rows) == {"Test accuracy (%)", TIME_ROW, "bs=2 LPIPS avg", "bs=2 LPIPS best", "bs=2 LPIPS std"}
+    assert set(rows) == {"Test accuracy (%)", TIME_ROW, "bs=2 LPIPS avg", "bs=2 LPIPS best", "bs=2 LPIPS std", "bs=2 recognised",
+                         "bs=2 encodings as candidates, LPIPS avg"}
+    for value in rows["bs=2 recognised"]:  # calibrated verdicts of every column, decodes included
+        assert value is not None and int(value.split("/")[1]) == 4 and 0 <= int(value.split("/")[0]) <= 4
+    assert rows["bs=2 encodings as candidates, LPIPS avg"][0] is None and rows["bs=2 encodings as candidates, LPIPS avg"][3] > 0
     for value in rows["bs=2 LPIPS avg"]:
         assert value is not None and 0.0 <= value <= 1.5
+    # the keyless column is the same defense (its accuracy), attacked without the keys
+    assert rows["Test accuracy (%)"][3] == rows["Test accuracy (%)"][2]
+    assert any("(no keys) decode the same encodings without keys" in n for n in table.notes)
     # measured side by side; within the noise it says so rather than print a ratio below 1
     assert rows[TIME_ROW][0] == 1.0 and all(r > 0.5 if isinstance(r, float) else r.startswith("~1 (") for r in rows[TIME_ROW][1:])
     assert any(n.startswith("Training time: a client round") for n in table.notes)
@@ -115,7 +122,8 @@ def test_paper_preset_runs_its_cells_on_resnet18_with_only(tmp_path: Path, capsy
     tables = {t.name: t for t in report_experiment(next((tmp_path / "experiments").iterdir()))[0]}
     for attacker in ("strongest", "realistic"):
         rows = {r[0]: r[1:] for r in tables[f"table_{attacker}"].rows}
-        assert len(rows["bs=1 LPIPS avg"]) == 13  # the paper's 13 defense columns
+        # the paper's 13 defense columns, and each of its 6 MixUp/InstaHide defenses again without keys
+        assert len(rows["bs=1 LPIPS avg"]) == 13 + 6
         assert 0 <= rows["bs=1 LPIPS avg"][0] <= 1.5 and rows["bs=16 LPIPS avg"][0] is None  # only b1/none ran
     assert main([*args[:-1], "attack/b9/*"]) == 2
     assert "--only: no cell of tradeoff --preset paper matches attack/b9/*" in capsys.readouterr().err

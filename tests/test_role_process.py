@@ -171,12 +171,18 @@ def test_a_role_writing_into_the_protocol_is_stopped(project: tuple[Path, Path])
     "update", {"kind": "steal"}, {"kind": "update", "round": "1", "messages": [1], "nodes": [], "from_aggregate": False},
     {"kind": "update", "round": 1, "messages": [True], "nodes": [], "from_aggregate": False},
     {"kind": "update", "round": 1, "messages": [1], "nodes": [], "from_aggregate": 0, "client": None},
+    {"kind": "decode", "round": 1, "messages": [1], "nodes": [], "from_aggregate": False, "decode": []},
+    {"kind": "decode", "round": 1, "messages": [1], "nodes": [], "from_aggregate": False, "decode": ["guess"]},
+    {"kind": "update", "round": 1, "messages": [1], "nodes": [], "from_aggregate": False, "decode": ["keys"]},
+    {"kind": "decode", "round": 1, "messages": [1], "nodes": [], "from_aggregate": False, "decode": ["keys"], "epochs": 0},
 ])
 def test_targets_from_the_role_process_are_checked_field_by_field(data: object) -> None:
     with pytest.raises(RoleFault, match="not an AttackTarget"):
         checked_target(data)
     ok = {"kind": "update", "round": 1, "messages": [1], "client": 7, "strategy": None, "from_aggregate": False, "nodes": []}
     assert checked_target(ok) == AttackTarget("update", 1, (1,), client=7)
+    decode = {**ok, "kind": "decode", "decode": ["keyless"], "epochs": 2, "private_images": None}
+    assert checked_target(decode) == AttackTarget("decode", 1, (1,), client=7, decode=("keyless",), epochs=2)
 
 
 def test_without_landlock_the_run_says_the_role_is_not_confined(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,7 @@ Pure PyTorch / NumPy / SciPy (no flwr / ray).
 
 from adversary.decode.collect import EncodingSet, collect_encodings
 from adversary.decode.known_keys import DecodeResult, decode_with_keys, mixing_matrix, solve_mixing
-from adversary.decode.no_keys import NoKeysResult, decode_without_keys, similarity_graph
+from adversary.decode.no_keys import NoKeysResult, decode_without_keys, estimate_private_images, similarity_graph
 from adversary.decode.scoring import cluster_jaccard, cluster_purity, membership, similarity_auc
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "collect_encodings",
     "decode_with_keys",
     "decode_without_keys",
+    "estimate_private_images",
     "membership",
     "mixing_matrix",
     "similarity_auc",

@@ -32,8 +32,21 @@ learning-free, exact-in-the-noiseless-limit geometry instead of a trained networ
 Baseline ``method="similarity"``: spectral k-means on the similarity graph (each encoding to its
 dominant image), images initialised as cluster means, then the same alternating refinement.
 
-Limits: Inter-InstaHide without keys (public partners from a large public set) is out of scope
-(the public images raise the rank beyond P); with noise the facets tilt and the clusters degrade.
+Limits (each measured by the ``decode_epochs`` experiment and the tables' keyless columns; the
+README gives the figures):
+
+- Inter-InstaHide without keys (public partners from a large public set) is out of scope: the
+  public images raise the rank beyond P. Decode jobs refuse it.
+- Noise tilts the facets: gradient-inverted encodings (PSNR ~15-25 dB against the true ones on
+  MNIST) give impure clusters, and the alternating refinement only partly repairs them; the
+  sweep decodes the sidecar's exact encodings beside the inverted ones to show what noise costs.
+- The number of private images P: the spectrum shows it sharply on exact encodings and blurs it
+  on inverted ones (:func:`estimate_private_images`); the attacker does better when told the epochs.
+- Every image must be missing from enough encodings: with k close to P (e.g. k = 4 of 4 private
+  images, every encoding mixing all of them) there is no facet to find, and few epochs (T = 1:
+  as many encodings as images) leave the cone under-determined.
+- InstaHide's signs flip around a centre c: ``|x~ - c|`` is a mix of ``|s - c|`` only where the
+  mixed pixels lie on the same side of c (exact for c = 0), so its decode is approximate.
 """
 
 from __future__ import annotations
@@ -144,6 +157,23 @@ def _refine(z: np.ndarray, s: np.ndarray, lam: np.ndarray, k: int | None, iters:
         lam, s = new, s_new
         history.append(err)
     return s, lam, history
+
+
+def estimate_private_images(encodings: Any, k: int | None, signed: bool = False) -> int:
+    """How many private images the encodings mix, from their spectrum alone: the rank after the largest
+    drop between consecutive singular values beyond ``k`` (a mix of k images spans at least k
+    directions) and up to half the encodings (beyond that, too few encodings per image to decode).
+    Exact encodings have a sharp drop at the true count; inverted ones blur it: the sweep measures how
+    often the estimate is right."""
+    x = _np(encodings, np.float64)
+    z = (np.abs(x) if signed else x).reshape(len(x), -1)
+    sv = np.linalg.svd(z, compute_uv=False)
+    sv = sv[sv > 1e-12 * sv[0]] if len(sv) else sv
+    low, high = (k or 1) + 1, max((k or 1) + 1, len(z) // 2)
+    if len(sv) <= low:
+        return int(len(sv))
+    ratios = sv[low - 1 : min(high, len(sv) - 1)] / sv[low : min(high, len(sv) - 1) + 1]
+    return int(low + int(np.argmax(ratios))) if len(ratios) else int(len(sv))
 
 
 def decode_without_keys(

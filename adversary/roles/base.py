@@ -61,7 +61,8 @@ class ServerAggregate:
     protocol: str
 
 
-TargetKind = Literal["update", "aggregate", "malicious"]
+TargetKind = Literal["update", "aggregate", "malicious", "decode"]
+DECODERS = ("keyless", "keys")  # how a decode job turns inverted encodings into private images
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,10 @@ class AttackTarget:
     malicious client, its own reply to subtract). ``kind="malicious"``: a malicious
     server recovering with ``strategy`` from one reply (``messages``) or, under secure
     aggregation, from the unmasked mean of ``round`` it recorded (``from_aggregate``,
-    over ``nodes``). See :mod:`adversary.observation`.
+    over ``nodes``). See :mod:`adversary.observation`. ``kind="decode"``: ``messages`` holds one
+    MixUp/InstaHide client's replies over T epochs; each is inverted and the encodings decoded by each
+    of ``decode`` (keyless, keys), the number of private images taken from ``private_images`` or
+    ``epochs`` where the attacker is told them (see :mod:`adversary.decode_job`).
     """
 
     kind: TargetKind
@@ -83,13 +87,22 @@ class AttackTarget:
     strategy: str | None = None
     from_aggregate: bool = False
     nodes: tuple[int, ...] = ()
+    decode: tuple[str, ...] = ()
+    epochs: int | None = None
+    private_images: int | None = None
 
     def key(self) -> str:
-        return f"{self.kind}:{self.round}:{','.join(map(str, self.messages))}"
+        base = f"{self.kind}:{self.round}:{','.join(map(str, self.messages))}"
+        if self.kind != "decode":
+            return base
+        return f"{base}:{'+'.join(self.decode)}:T{self.epochs}:P{self.private_images}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "round": self.round, "messages": list(self.messages), "client": self.client,
-                "strategy": self.strategy, "from_aggregate": self.from_aggregate, "nodes": list(self.nodes)}
+        out = {"kind": self.kind, "round": self.round, "messages": list(self.messages), "client": self.client,
+               "strategy": self.strategy, "from_aggregate": self.from_aggregate, "nodes": list(self.nodes)}
+        if self.kind == "decode":
+            out.update(decode=list(self.decode), epochs=self.epochs, private_images=self.private_images)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AttackTarget:
@@ -98,7 +111,26 @@ class AttackTarget:
         kind = "malicious" if data["kind"] == "trap" else data["kind"]
         return cls(kind, data.get("round"), tuple(data.get("messages") or ()), data.get("client"),
                    data.get("strategy") or info.get("strategy") or ("trap-weights" if data["kind"] == "trap" else None),
-                   bool(data.get("from_aggregate") or info.get("aggregate")), tuple(data.get("nodes") or info.get("nodes") or ()))
+                   bool(data.get("from_aggregate") or info.get("aggregate")), tuple(data.get("nodes") or info.get("nodes") or ()),
+                   tuple(data.get("decode") or ()), data.get("epochs"), data.get("private_images"))
+
+
+def check_decoders(option: str, value: Any) -> tuple[str, ...]:
+    """``value`` (a name, a comma list or a list of names) as decoders; one line naming ``option`` otherwise."""
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value or [])
+    bad = [n for n in names if n not in DECODERS]
+    if not names or bad:
+        raise RoleError(f"{option}: {bad[0] if bad else value!r} is not a decoder; choose from {', '.join(DECODERS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def positive_count(option: str, value: Any) -> int | None:
+    """``value`` as a count >= 1 (None stays None); one line naming ``option`` otherwise."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise RoleError(f"{option}: must be a whole number >= 1, got {value!r}")
+    return value
 
 
 def _is_partition(value: object, count: int) -> bool:

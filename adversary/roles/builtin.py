@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from adversary.roles.base import AttackTarget, Intercept, Role, RoleContext, RoleError, register_role
+from adversary.roles.base import (
+    AttackTarget,
+    Intercept,
+    Role,
+    RoleContext,
+    RoleError,
+    check_decoders,
+    positive_count,
+    register_role,
+)
 from adversary.traffic_log import TrafficView
 from fl_sim.wire import MODEL_RECORDS
 
@@ -23,6 +32,40 @@ def _rounds_ok(rounds: list[int], event: Intercept) -> bool:
     return not rounds or event.round in rounds
 
 
+class Gathering:
+    """A role's ``decode`` options: instead of attacking a MixUp/InstaHide client's updates one by one,
+    gather ``gather`` of them (T epochs' worth: T times the client's updates per epoch) and attack them
+    as one decode job: each inverted, the encodings decoded without keys or with granted keys.
+    ``epochs`` / ``private_images``: what the attacker is told of those updates, to size the decode
+    (neither: it estimates the number of private images from the encodings)."""
+
+    def __init__(self, decode: str | list[str] | None, gather: int | None, epochs: int | None,
+                 private_images: int | None) -> None:
+        self.decode = check_decoders("adversary.options.decode", decode) if decode is not None else ()
+        self.gather = positive_count("adversary.options.gather", gather)
+        self.epochs = positive_count("adversary.options.epochs", epochs)
+        self.private_images = positive_count("adversary.options.private_images", private_images)
+        if self.decode and self.gather is None:
+            raise RoleError("adversary.options.gather: give the number of a client's updates to gather for each decode "
+                            "(T epochs times its updates per epoch)")
+        if not self.decode and (gather or epochs or private_images):
+            raise RoleError("adversary.options.decode: gather, epochs and private_images need decode "
+                            "(keyless or keys)")
+        self.pending: dict[int, list[int]] = {}
+
+    def target(self, event: Intercept) -> list[AttackTarget]:
+        """One update as a target, or (decoding) the decode job it completes, if any."""
+        if not self.decode:
+            return [AttackTarget("update", event.round, (event.log_id,), client=event.src_node)]
+        held = self.pending.setdefault(event.src_node, [])
+        held.append(event.log_id)
+        if len(held) < (self.gather or 1):
+            return []
+        self.pending[event.src_node] = []
+        return [AttackTarget("decode", event.round, tuple(held), client=event.src_node, decode=self.decode,
+                             epochs=self.epochs, private_images=self.private_images)]
+
+
 @register_role("eavesdropper")
 class Eavesdropper(Role):
     """Taps the links of a few clients (both directions or one) and attacks their updates.
@@ -30,13 +73,16 @@ class Eavesdropper(Role):
     It does not know node ids in advance: it taps the first ``links`` client links it
     sees carrying traffic, or the explicit node ids in ``nodes``, or the links of the
     simulated clients ``partitions`` (where the simulation puts the wiretap; the role
-    itself only learns their node ids).
+    itself only learns their node ids). ``decode`` and its options: see :class:`Gathering`.
     """
 
     name = "eavesdropper"
 
     def __init__(self, *, links: int = 1, nodes: list[int] | None = None, partitions: list[int] | None = None,
-                 directions: list[str] | None = None, rounds: list[int] | None = None, context: RoleContext) -> None:
+                 directions: list[str] | None = None, rounds: list[int] | None = None, decode: str | list[str] | None = None,
+                 gather: int | None = None, epochs: int | None = None, private_images: int | None = None,
+                 context: RoleContext) -> None:
+        self.gathering = Gathering(decode, gather, epochs, private_images)
         if links < 1:
             raise RoleError(f"adversary.options.links: must be >= 1, got {links}")
         if nodes and partitions:
@@ -61,21 +107,29 @@ class Eavesdropper(Role):
     def observe(self, event: Intercept, log: TrafficView) -> list[AttackTarget]:
         if not self.sees(event) or not _is_update(event) or not _rounds_ok(self.rounds, event):
             return []
-        return [AttackTarget("update", event.round, (event.log_id,), client=event.src_node)]
+        return self.gathering.target(event)
 
 
 @register_role("curious-server")
 class CuriousServer(Role):
     """Reads every message the server receives. Under secure aggregation it sees no
-    individual update, only the aggregate, which it attacks instead."""
+    individual update, only the aggregate, which it attacks instead. ``decode`` and its options:
+    see :class:`Gathering` (``max_clients``: the clients it decodes)."""
 
     name = "curious-server"
 
-    def __init__(self, *, rounds: list[int] | None = None, max_clients: int | None = None, context: RoleContext) -> None:
+    def __init__(self, *, rounds: list[int] | None = None, max_clients: int | None = None, decode: str | list[str] | None = None,
+                 gather: int | None = None, epochs: int | None = None, private_images: int | None = None,
+                 context: RoleContext) -> None:
+        self.gathering = Gathering(decode, gather, epochs, private_images)
+        if context.secagg and self.gathering.decode:
+            raise RoleError("adversary.options.decode: under federation.secagg the server sees no client's own updates "
+                            "to decode")
         self.rounds = list(rounds or [])
         self.max_clients = max_clients
         self.secagg = context.secagg
         self.per_round: dict[int | None, int] = {}
+        self.decoded: set[int] = set()
         self.global_models: dict[int, int] = {}
 
     def sees(self, event: Intercept) -> bool:
@@ -88,11 +142,17 @@ class CuriousServer(Role):
             return []
         if not _is_update(event):
             return []
+        if self.gathering.decode:
+            if self.max_clients is not None and event.src_node not in self.decoded:
+                if len(self.decoded) >= self.max_clients:
+                    return []
+                self.decoded.add(event.src_node)
+            return self.gathering.target(event)
         count = self.per_round.get(event.round, 0)
         if self.max_clients is not None and count >= self.max_clients:
             return []
         self.per_round[event.round] = count + 1
-        return [AttackTarget("update", event.round, (event.log_id,), client=event.src_node)]
+        return self.gathering.target(event)
 
     def _aggregate(self, event: Intercept, log: TrafficView) -> list[AttackTarget]:
         # The first global model sent in round r+1 closes round r's aggregate.
