@@ -20,6 +20,7 @@ number of private images against the truth. Inter-InstaHide is out of the keyles
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -146,26 +147,30 @@ class DecodeEpochsExperiment:
         return tables
 
     def figures(self, settings: dict[str, Any], results: dict[str, dict[str, Any]], out_dir: Path) -> list[Figure]:
+        """Two panels (inverted encodings, exact ones); a colour per encoder and k, solid with keys, dashed without."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        fig = MplFigure(figsize=(7, 4), dpi=120)
+        fig = MplFigure(figsize=(9, 4), dpi=120)
         FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
+        axes = fig.subplots(1, 2, sharey=True)
+        colours = (f"C{i % 10}" for i in itertools.count())
         for encoder in settings["encoders"]:
             for k in settings["ks"]:
+                colour = next(colours)
                 rows = results.get(f"{encoder}/k{k}", {}).get("rows", [])
-                for decoder in DECODERS:
-                    for source, style in (("inverted", "-"), ("exact", ":")):
+                for ax, source in zip(axes, SOURCES):
+                    for decoder, style in (("keys", "-"), ("keyless", "--")):
                         points = sorted((r["epochs"], r["lpips_avg"]) for r in rows
                                         if r["decoder"] == decoder and r["source"] == source and r["lpips_avg"] is not None)
                         if points:
-                            ax.plot(*zip(*points), style, marker="o", ms=3,
-                                    label=f"{encoder} k={k} {decoder}" + (" (exact enc.)" if source == "exact" else ""))
-        ax.set_xscale("log")
-        ax.set_xticks(settings["epochs"], [str(t) for t in settings["epochs"]])
-        ax.set_xlabel("epochs observed (T)")
-        ax.set_ylabel("decoded LPIPS avg (lower = more leakage)")
-        ax.set_title("decoding encodings against the epochs observed", fontsize=10)
-        ax.legend(fontsize=6, ncol=2)
+                            ax.plot(*zip(*points), style, color=colour, marker="o", ms=3, label=f"{encoder} k={k} {decoder}")
+        for ax, source in zip(axes, SOURCES):
+            ax.set_xscale("log")
+            ax.set_xticks(settings["epochs"], [str(t) for t in settings["epochs"]])
+            ax.set_xlabel("epochs observed (T)")
+            ax.set_title(f"{source} encodings", fontsize=10)
+        axes[0].set_ylabel("decoded LPIPS avg (lower = more leakage)")
+        axes[1].legend(fontsize=6)
+        fig.suptitle("decoding MixUp / InstaHide against the epochs observed (solid: keys, dashed: no keys)", fontsize=10)
         fig.tight_layout()
         path = out_dir / "decode_epochs.png"
         fig.savefig(path)
