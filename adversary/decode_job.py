@@ -121,6 +121,9 @@ def invert_updates(observations: list[Observation], evaluator: Evaluator, preset
     where = resolve_device(device)
     threat_model = threat_model_for(observations[0], threat)
     if "keys" in decoders:
+        if evaluator.truth is None:
+            raise GrantError("decode keys: this run kept no ground-truth sidecar (tap.ground_truth) to grant the keys from; "
+                             "decode keyless")
         if not threat_model.mixing_keys:
             raise GrantError("threat.mixing_keys: decode keys needs the mixing keys granted (--set threat.mixing_keys=true), "
                              "or decode keyless")

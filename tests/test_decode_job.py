@@ -187,3 +187,19 @@ def test_the_epochs_sweep_runs_both_decoders_on_inverted_and_exact_encodings(tmp
         assert all(v is not None and 0 <= v <= 1.5 for v in rows[label])
     assert rows["keyless: private images estimated (true)"][1].endswith("(4)")
     assert (outcome.out_dir / "figures" / "decode_epochs.png").stat().st_size > 1000
+
+
+def test_without_a_sidecar_the_keyless_decode_runs_unscored_and_keys_are_refused_first(tmp_path: Path,
+                                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tiny_config(tmp_path, *RUN[:3], "federation.rounds=8", "data.max_train=4", f"defenses=[{{name=\"mixup\",k={K}}}]",
+                      "tap.ground_truth=false")
+    run_dir = run_simulation(cfg, quiet=True).run_dir
+    node, _ = _updates(run_dir)
+    base = ["attack", str(run_dir), "--client", str(node), "--rounds", "1-8", "--set", "attack.iterations=5",
+            "--set", "threat.labels=infer", "--set", "threat.bn_stats=none"]
+    assert main([*base, "--decode", "keys", "--set", "threat.mixing_keys=true"]) == 2
+    assert "kept no ground-truth sidecar" in capsys.readouterr().err
+    assert not (run_dir / "attacks").exists() or not any((run_dir / "attacks").iterdir())  # refused before inverting
+    assert main([*base, "--decode", "keyless", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "keyless: " in out and "LPIPS" not in out.split("keyless: ")[1].splitlines()[0]  # nothing to score against

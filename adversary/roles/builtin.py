@@ -37,7 +37,8 @@ class Gathering:
     gather ``gather`` of them (T epochs' worth: T times the client's updates per epoch) and attack them
     as one decode job: each inverted, the encodings decoded without keys or with granted keys.
     ``epochs`` / ``private_images``: what the attacker is told of those updates, to size the decode
-    (neither: it estimates the number of private images from the encodings)."""
+    (neither: it estimates the number of private images from the encodings). Updates of a client that
+    do not make up a whole ``gather`` by the end of the run are not decoded."""
 
     def __init__(self, decode: str | list[str] | None, gather: int | None, epochs: int | None,
                  private_images: int | None) -> None:
