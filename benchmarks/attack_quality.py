@@ -19,7 +19,7 @@ weights and gradient are the same. ``make bench-setup`` installs breaching (benc
 the other method's mean LPIPS is at least as good (``>`` the largest budget when it never is).
 
     .venv/bin/python benchmarks/attack_quality.py [--cases readme] [--budgets 300,1200] [--images 4]
-        [--methods default,pixel,breaching] [--out DIR] [--threads 1]
+        [--methods "default (3 priors),pixel,breaching"] [--out DIR] [--threads 1]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from rich.table import Table
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from adversary.attacks import AttackInputs, ThreatModel, build_attack
+from adversary.attacks import PRESETS, AttackInputs, ThreatModel, build_attack
 from adversary.metrics import evaluate_reconstruction
 from experiments._inversion import image_grid
 from fl_sim.data import load_sample_images
@@ -165,6 +165,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in VARIANTS and m != "breaching"
+               and not (m.startswith("ours:") and m.removeprefix("ours:") in PRESETS)]
+    if unknown:
+        parser.error(f"--methods: unknown method {unknown[0]!r}; choose from {', '.join(VARIANTS)}, breaching, "
+                     f"or ours:PRESET with PRESET one of {', '.join(PRESETS)}")
     if "breaching" in methods and breaching is None:
         parser.error("--methods breaching: breaching is not installed; run make bench-setup")
     if args.threads:
