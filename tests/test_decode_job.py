@@ -29,6 +29,8 @@ from adversary.observation import client_updates
 from adversary.roles import AttackTarget, RoleContext, RoleError, build_role
 from adversary.traffic_log import TrafficLog
 from app.cli import main
+from app.report.facts import read_run
+from app.report.story import summary_lines
 from app.simulation import run_simulation
 from experiments.runner import run_experiment
 from tests.conftest import tiny_config
@@ -86,6 +88,11 @@ def test_keyed_decode_is_the_upper_bound_of_the_same_inversions(decoded, mixup_r
     assert stated["threat_model"]["mixing_keys"] is True and stated["decoder"] == "keys"
     for name in ("grid.png", "encodings.png", "encodings.safetensors", "reconstruction.safetensors", "attack.json"):
         assert (folder / name).is_file() and (decoded.out_dir / name).is_file()
+
+
+def test_the_run_report_counts_decode_jobs_as_such(decoded, mixup_run: Path) -> None:
+    lines = summary_lines(read_run(mixup_run))
+    assert "decode job" in lines[0] and "attacked update" not in lines[0], lines
 
 
 def test_the_spectrum_estimates_the_private_count_of_exact_encodings(mixup_run: Path) -> None:

@@ -12,6 +12,12 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+def _noun(attacks: list[AttackResult]) -> str:
+    """What the attacks were: single updates, decode jobs (T epochs of a MixUp/InstaHide client), or both."""
+    decodes = {a.metrics.get("kind") == "decode" for a in attacks}
+    return "decode job" if decodes == {True} else "attacked update" if decodes == {False} else "attack"
+
+
 def _leaked(attack: AttackResult) -> bool:
     return attack.metrics.get("verdict") == "recognised"
 
@@ -44,9 +50,9 @@ def _per_client(facts: RunFacts, judged: list[AttackResult]) -> list[str]:
         if leaked == 0:
             partial = sum(a.metrics.get("verdict") == "partial" for a in attacks)
             tail = f" ({_plural(partial, 'update')} partially)" if partial else ""
-            lines.append(f"{who} leaked no recognisable image in its {_plural(len(attacks), 'attacked update')}{tail}.")
+            lines.append(f"{who} leaked no recognisable image in its {_plural(len(attacks), _noun(attacks))}{tail}.")
         else:
-            lines.append(f"{who} leaked recognisable images in {leaked} of its {_plural(len(attacks), 'attacked update')}.")
+            lines.append(f"{who} leaked recognisable images in {leaked} of its {_plural(len(attacks), _noun(attacks))}.")
     return lines
 
 
@@ -58,7 +64,7 @@ def summary_lines(facts: RunFacts) -> list[str]:
     if judged:
         leaked = sum(_leaked(a) for a in judged)
         recognised, total = _images(judged, "recognised")
-        lines.append(f"{leaked} of {_plural(len(judged), 'attacked update')} leaked recognisable images "
+        lines.append(f"{leaked} of {_plural(len(judged), _noun(judged))} leaked recognisable images "
                      f"({recognised} of {_plural(total, 'private image')} recognised in the reconstructions).")
         lines += _per_client(facts, judged)
     if unjudged:
