@@ -154,9 +154,9 @@ def private_count(inverted: Inverted, k: int | None, private_images: int | None,
 
 
 def decode(inverted: Inverted, decoder: str, card: DeploymentCard, scorer: DecodeEvaluator, *,
-           private_images: int | None = None, epochs: int | None = None, encodings: Tensor | None = None) -> Decoded:
-    """One decoder over the stacked encodings (``encodings``: others in their place, e.g. the exact ones)."""
-    z = inverted.encodings if encodings is None else encodings
+           private_images: int | None = None, epochs: int | None = None) -> Decoded:
+    """One decoder over the stacked encodings (the sweep hands the exact ones in an :class:`Inverted` too)."""
+    z = inverted.encodings
     started = time.perf_counter()
     if decoder == "keys":
         keys = scorer.keys(inverted.threat_model)
