@@ -35,6 +35,16 @@ class GrantedKeys:
     num_private: int
 
 
+def check_key_grant(evaluator: Evaluator, threat_model: ThreatModel) -> None:
+    """Refuse (one line) a keyed decode the run cannot grant: no sidecar to read the keys from, or no grant."""
+    if evaluator.truth is None:
+        raise GrantError("decode keys: this run kept no ground-truth sidecar (tap.ground_truth) to grant the keys from; "
+                         "decode keyless")
+    if not threat_model.mixing_keys:
+        raise GrantError("threat.mixing_keys: decode keys needs the mixing keys granted (--set threat.mixing_keys=true), "
+                         "or decode keyless")
+
+
 class DecodeEvaluator:
     """Grants and scores for one decode job over ``observations`` (one client's updates, in order)."""
 
@@ -66,9 +76,7 @@ class DecodeEvaluator:
 
     def keys(self, threat_model: ThreatModel) -> GrantedKeys:
         """The mixing keys, where ``threat.mixing_keys`` grants them (the paper's upper bound)."""
-        if not threat_model.mixing_keys:
-            raise GrantError("decode keys: the mixing keys are not granted (--set threat.mixing_keys=true), "
-                             "or decode without them (keyless)")
+        check_key_grant(self.evaluator, threat_model)
         found = self.encoding_set()
         return GrantedKeys(found.partners, found.coeffs, found.num_private)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,13 +33,13 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from adversary.decode import decode_with_keys, decode_without_keys, estimate_private_images
-from adversary.decode_evaluation import DecodeEvaluator
+from adversary.decode_evaluation import DecodeEvaluator, check_key_grant
 from adversary.evaluation import Evaluator, GrantError, threat_model_for
 from adversary.job import DEFAULT_PRESET, AttackOutcome, Progress, prepare_attack
 from adversary.observation import Observation, ObservationError, build_observation
 from adversary.outputs import METRICS_JSON, attack_dir, save_grid, write_attack_outputs, write_json
 from adversary.progress import PROGRESS_LOG, ProgressLog
-from adversary.roles.base import DECODERS, AttackTarget
+from adversary.roles.base import DECODERS, AttackTarget, RoleError, check_decoders
 from adversary.statement import AuditStatement
 from adversary.traffic_log import TrafficLog
 from fl_sim.deployment import DeploymentCard, load_card
@@ -61,8 +62,9 @@ class Inverted:
     threat_model: ThreatModel
     seconds: float
 
-    @property
+    @cached_property
     def encodings(self) -> Tensor:
+        """Every update's rows, stacked (the decoders' input)."""
         return torch.cat(self.rows)
 
     def origin(self) -> list[tuple[int, int]]:
@@ -91,9 +93,10 @@ class Decoded:
 
 def check_encoder(card: DeploymentCard, decoders: tuple[str, ...]) -> None:
     """One line when this deployment has nothing a decode job can decode."""
-    bad = [d for d in decoders if d not in DECODERS]
-    if not decoders or bad:
-        raise ObservationError(f"--decode: {bad[0] if bad else 'nothing'!r} is not a decoder; choose from {', '.join(DECODERS)}")
+    try:
+        check_decoders("--decode", decoders)
+    except RoleError as exc:
+        raise ObservationError(str(exc)) from None
     if card.origin == "audit":
         raise ObservationError("--decode: an audited app announces no batch encoder; decoding is for fl-sim's own runs")
     if card.encoder is None:
@@ -121,12 +124,7 @@ def invert_updates(observations: list[Observation], evaluator: Evaluator, preset
     where = resolve_device(device)
     threat_model = threat_model_for(observations[0], threat)
     if "keys" in decoders:
-        if evaluator.truth is None:
-            raise GrantError("decode keys: this run kept no ground-truth sidecar (tap.ground_truth) to grant the keys from; "
-                             "decode keyless")
-        if not threat_model.mixing_keys:
-            raise GrantError("threat.mixing_keys: decode keys needs the mixing keys granted (--set threat.mixing_keys=true), "
-                             "or decode keyless")
+        check_key_grant(evaluator, threat_model)
         if threat_model.labels != "known" and any((o.num_examples or 1) > 1 for o in observations):
             raise GrantError("threat.labels: decode keys ties each inverted image to its key row by its known label; "
                              "grant the labels (threat.labels=known) or decode keyless")
@@ -175,10 +173,9 @@ def decode(inverted: Inverted, decoder: str, card: DeploymentCard, scorer: Decod
 
 def score_decoded(scorer: DecodeEvaluator, inverted: Inverted, decoded: Decoded, unsign: Callable[[Tensor], Tensor],
                   client: int | None, order: np.ndarray | None = None) -> dict[str, Any]:
-    """The evaluator's scores of one decode: matched metrics, verdicts, the encodings-as-candidates floor,
-    and (keyless) the clusters against the true memberships."""
+    """The evaluator's scores of one decode: matched metrics, verdicts and (keyless) the clusters against the
+    true memberships. The floor every decoder of the same encodings must beat is ``scorer.encodings_score``."""
     metrics = scorer.score(decoded.candidates, unsign, client)
-    metrics["encodings_as_candidates"] = scorer.encodings_score(inverted.encodings, unsign)
     if decoded.decoder == "keyless":
         order = scorer.row_order(inverted.rows, unsign) if order is None else order
         metrics["clusters_scored"] = scorer.clusters(decoded.clusters, order)
@@ -217,6 +214,14 @@ def run_decode_job(
     unsign = observations[0].unsigned
     order = scorer.row_order(inverted.rows, unsign) if scorer.has_truth else None
     origin = inverted.origin()
+    # What does not depend on the decoder, scored and drawn once.
+    shared: dict[str, Any] = {}
+    originals = exact = None
+    if order is not None:
+        shared = {"encodings_as_candidates": scorer.encodings_score(inverted.encodings, unsign),
+                  "inversion": scorer.inversion_score(inverted.encodings, order, unsign)}
+        originals = scorer.originals(unsign)
+        exact = scorer.exact_encodings(unsign)[torch.as_tensor(order)]
     outcomes: list[tuple[Path, dict[str, Any]]] = []
     for decoder in target.decode:
         decoded = decode(inverted, decoder, card, scorer, private_images=target.private_images, epochs=target.epochs)
@@ -229,11 +234,9 @@ def run_decode_job(
             "objectives": inverted.objectives, "threat_model": _stated(inverted.threat_model, decoder), **decoded.info,
             "clusters": [[list(origin[int(r)]) for r in c] for c in decoded.clusters],
         }
-        if scorer.has_truth:
-            summary.update(score_decoded(scorer, inverted, decoded, unsign, observations[0].client, order))
-            summary["inversion"] = scorer.inversion_score(inverted.encodings, order, unsign)
+        if order is not None:
+            summary.update(score_decoded(scorer, inverted, decoded, unsign, observations[0].client, order), **shared)
         out_dir = attack_dir(run_dir, observations[-1].round, f"c{observations[0].client}x{len(observations)}", f"decode-{decoder}")
-        originals = scorer.originals(unsign) if scorer.has_truth else None
         write_attack_outputs(
             out_dir, images=decoded.images, shown=decoded.candidates.clamp(0, 1), labels=None, loss_curve=[],
             title=f"{decoder} decode of node {observations[0].client}", metrics=summary,
@@ -243,7 +246,6 @@ def run_decode_job(
             originals=originals,
         )
         save_file({"inverted": inverted.encodings.contiguous()}, str(out_dir / ENCODINGS))
-        exact = scorer.exact_encodings(unsign)[torch.as_tensor(order)] if order is not None else None
         save_grid(out_dir / ENCODINGS_PNG, inverted.encodings[:64], None if exact is None else exact[:64])
         outcomes.append((out_dir, summary))
     first_dir, first = outcomes[0]

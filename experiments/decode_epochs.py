@@ -100,6 +100,7 @@ class DecodeEpochsExperiment:
                        "exact": (Inverted(part.observations, list(torch.split(exact, [len(r) for r in part.rows])),
                                           part.objectives, part.method, part.threat_model, 0.0), np.arange(len(exact)))}
             for source, (encodings, order) in sources.items():
+                floor = scorer.encodings_score(encodings.encodings, unsign)["lpips_avg"]
                 for decoder in DECODERS:
                     decoded = decode(encodings, decoder, card, scorer, epochs=t)
                     m = score_decoded(scorer, encodings, decoded, unsign, observations[0].client, order)
@@ -107,7 +108,7 @@ class DecodeEpochsExperiment:
                         "epochs": t, "source": source, "decoder": decoder, "lpips_avg": m["lpips_avg"],
                         "psnr_avg": m["psnr_avg"], "exact_recovered": m["exact_recovered"], "num_images": m["num_images"],
                         "recognised": (m.get("verdict_counts") or {}).get("recognised"), "identifiable": m["identifiable"],
-                        "floor_lpips": m["encodings_as_candidates"]["lpips_avg"],
+                        "floor_lpips": floor,
                         "private_images_estimate": decoded.info.get("private_images_estimate"),
                         "private_images_true": m["private_images_true"],
                         "purity": (m.get("clusters_scored") or {}).get("purity"),

@@ -209,7 +209,7 @@ class TradeoffExperiment:
                 table.rows.append([f"bs={b} recognised", *[c.get(f"{prefix}recognised") for c, prefix in cells]])
                 if any(prefix for _, prefix in columns):
                     table.rows.append([f"bs={b} encodings as candidates, LPIPS avg",
-                                       *[c.get(f"{prefix}encodings_as_candidates_lpips") for c, prefix in cells]])
+                                       *[c.get("encodings_as_candidates_lpips") for c, _ in cells]])
             table.notes.append(TIME_NOTE.format(pairs=settings["utility"].get("overhead_pairs", OVERHEAD_PAIRS)))
             for lab, u in zip(labels, util):
                 measured = u.get("overhead") or {}
@@ -374,7 +374,6 @@ def _decode(run_dir: Path, updates: list[int], params: dict[str, Any], overrides
         **{f"keyless_lpips_{stat}": keyless.get(f"lpips_{stat}") for stat in ("avg", "best", "std")},
         "keyless_identifiable": keyless.get("identifiable"), "keyless_verdicts": keyless.get("verdict_counts"),
         "recognised": _recognised([decoders["keys"]]), "keyless_recognised": _recognised([keyless]),
-        "keyless_encodings_as_candidates_lpips": outcome.metrics["encodings_as_candidates"]["lpips_avg"],
         "encodings_as_candidates_lpips": outcome.metrics["encodings_as_candidates"]["lpips_avg"],
         "inversion_psnr": outcome.metrics["inversion"]["psnr_avg"],
         "attacks": [str(run_dir / "attacks" / d["folder"]) for d in decoders.values()],
