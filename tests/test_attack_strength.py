@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -108,3 +112,10 @@ def test_default_preset_quality_floor_convnet_batch_1_300_iterations() -> None:
         images = build_attack("inverting-gradients", {"iterations": 300}).run(inputs, ThreatModel(labels="known", num_images=1)).images
         scores.append(evaluate_reconstruction(images, x[i : i + 1])["lpips_avg"])
     assert sum(scores) / 2 < 0.08, scores
+
+
+def test_the_quality_benchmark_refuses_an_unknown_method_in_one_line() -> None:
+    done = subprocess.run([sys.executable, "benchmarks/attack_quality.py", "--methods", "default"], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert done.returncode == 2
+    assert "--methods: unknown method 'default'; choose from pixel" in done.stderr and "Traceback" not in done.stderr

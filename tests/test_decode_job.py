@@ -16,6 +16,7 @@ which is why the decode's own verdicts, not only its LPIPS, are asserted.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,7 @@ def test_decode_from_the_command_line(mixup_run: Path, capsys: pytest.CaptureFix
     (["--decode", "keyless", "--rounds", "x"], "--rounds: expected A-B"),
     (["--decode", "keyless", "--rounds", "400-500"], "no captured update of node"),
     (["--decode", "keyless", "--rounds", "1-3", "--epochs", "0"], "--epochs: must be a whole number >= 1"),
+    (["--decode", "keyless", "--rounds", "1-3", "--private-images", "-2"], "--private-images: must be a whole number >= 1"),
     (["--round", "1", "--epochs", "2"], "--decode: --rounds, --epochs and --private-images are for decoding"),
 ])
 def test_decode_requests_that_cannot_be_met_are_one_line(mixup_run: Path, capsys: pytest.CaptureFixture[str],
@@ -159,6 +161,8 @@ def test_an_eavesdropper_gathers_t_epochs_and_decodes_during_the_run(tmp_path: P
     ({"decode": "brute", "gather": 4}, "adversary.options.decode: 'brute' is not a decoder"),
     ({"gather": 4}, "adversary.options.decode: gather, epochs and private_images need decode"),
     ({"decode": "keys", "gather": 0}, "adversary.options.gather: must be a whole number >= 1"),
+    ({"decode": "keyless", "gather": 4, "epochs": "2"}, "adversary.options.epochs: must be a whole number >= 1"),
+    ({"decode": "keyless", "gather": 4, "private_images": -1}, "adversary.options.private_images: must be a whole number"),
 ])
 def test_decode_options_of_a_role_are_checked(options: dict, expected: str) -> None:
     with pytest.raises(RoleError, match=expected.replace("(", r"\(")):
@@ -210,3 +214,16 @@ def test_without_a_sidecar_the_keyless_decode_runs_unscored_and_keys_are_refused
     assert main([*base, "--decode", "keyless", "--epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert "keyless: " in out and "LPIPS" not in out.split("keyless: ")[1].splitlines()[0]  # nothing to score against
+
+
+def test_a_tampered_card_naming_an_unknown_encoder_variant_is_one_line(mixup_run: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    node, _ = _updates(mixup_run)
+    copy = tmp_path / "run"
+    shutil.copytree(mixup_run, copy)
+    card = json.loads((copy / "deployment.json").read_text())
+    card["encoder_variant"] = "outer"
+    (copy / "deployment.json").write_text(json.dumps(card))
+    assert main(["attack", str(copy), "--decode", "keyless", "--client", str(node), "--rounds", "1-2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "encoder_variant" in err and len(err.splitlines()) == 1
