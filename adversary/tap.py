@@ -4,48 +4,33 @@ Wrapping the Grid a ServerApp receives sees exactly what the server sends and
 receives, whatever the app's own code does, so the same tap serves our own
 simulation and an unmodified user app. ``send_and_receive`` is re-implemented on
 top of the wrapped push/pull so no message can bypass the recording.
+
+Recording costs the round little: the tap views each tensor's bytes where Flower keeps them,
+computes the wire size from the records' structure, and hands the message to the writer's
+thread; hashing, storing and the adversary's callback happen there, in message order.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common.serde import recorddict_to_proto
+from flwr.common.serde import config_record_to_proto, metric_record_to_proto
 from flwr.serverapp import Grid
 
+from adversary.payload import TensorPayload, payload_of_array, payload_of_npy, wire_size
 from adversary.roles.base import Intercept
-from adversary.traffic_log import OutgoingRecord, TrafficWriter
+from adversary.traffic_log import OutgoingRecord
+from adversary.traffic_writer import TrafficWriter
 from fl_sim.wire import SERVER_ROUND
 
 LEGACY_METRICS = ".metrics"  # fitres.metrics, evaluateres.metrics
 
 
-def content_digest(content: RecordDict) -> tuple[int, str]:
-    """Wire size (protobuf bytes) and SHA-256 of the message content."""
-    raw = recorddict_to_proto(content).SerializeToString(deterministic=True)
-    return len(raw), hashlib.sha256(raw).hexdigest()
-
-
-_NPY_MAGIC = b"\x93NUMPY"
-
-
-def _npy(value: Any) -> np.ndarray | None:
-    """A numpy array serialised with ``np.save`` (Flower's ``ndarray_to_bytes``), else None. Never unpickles."""
-    if not isinstance(value, bytes) or not value.startswith(_NPY_MAGIC):
-        return None
-    try:
-        return np.load(io.BytesIO(value), allow_pickle=False)
-    except (ValueError, OSError, EOFError):
-        return None
-
-
-def flatten_content(content: RecordDict) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+def flatten_content(content: RecordDict) -> tuple[dict[str, TensorPayload], dict[str, Any], dict[str, Any]]:
     """Split a RecordDict into ``record/key`` tensors, metrics and config values.
 
     Arrays a ConfigRecord carries as ``.npy`` bytes (SecAgg+ uploads its masked vectors
@@ -53,13 +38,13 @@ def flatten_content(content: RecordDict) -> tuple[dict[str, np.ndarray], dict[st
     tensors, named ``record/key`` or ``record/key/<index>`` for a list; the config
     keeps only their byte counts, like any bytes value.
     """
-    tensors: dict[str, np.ndarray] = {}
+    tensors: dict[str, TensorPayload] = {}
     metrics: dict[str, Any] = {}
     config: dict[str, Any] = {}
     for rname, record in content.items():
         if isinstance(record, ArrayRecord):
             for key, array in record.items():
-                tensors[f"{rname}/{key}"] = array.numpy()
+                tensors[f"{rname}/{key}"] = payload_of_array(array)
         elif isinstance(record, MetricRecord):
             metrics.update({f"{rname}/{k}": v for k, v in record.items()})
         elif isinstance(record, ConfigRecord) and rname.endswith(LEGACY_METRICS):
@@ -70,11 +55,26 @@ def flatten_content(content: RecordDict) -> tuple[dict[str, np.ndarray], dict[st
                 config[f"{rname}/{k}"] = v
                 if isinstance(v, list):
                     for i, item in enumerate(v):
-                        if (array := _npy(item)) is not None:
+                        if (array := payload_of_npy(item)) is not None:
                             tensors[f"{rname}/{k}/{i}"] = array
-                elif (array := _npy(v)) is not None:
+                elif (array := payload_of_npy(v)) is not None:
                     tensors[f"{rname}/{k}"] = array
     return tensors, metrics, config
+
+
+def record_digests(content: RecordDict) -> tuple[tuple[str, str], ...]:
+    """The digest of each record that is not an ArrayRecord (its deterministic protobuf bytes; small,
+    but for SecAgg+'s masked vectors); an ArrayRecord's tensors are digested one by one by the writer."""
+    out = []
+    for rname, record in content.items():
+        if isinstance(record, MetricRecord):
+            raw = metric_record_to_proto(record).SerializeToString(deterministic=True)
+        elif isinstance(record, ConfigRecord):
+            raw = config_record_to_proto(record).SerializeToString(deterministic=True)
+        else:
+            continue
+        out.append((rname, hashlib.sha256(raw).hexdigest()))
+    return tuple(out)
 
 
 def _round_of(message: Message, config: dict[str, Any]) -> int | None:
@@ -153,11 +153,11 @@ class TappedGrid(Grid):
         meta = message.metadata
         if message.has_content():
             tensors, metrics, config = flatten_content(message.content)
-            num_bytes, digest = content_digest(message.content)
+            num_bytes, digest, parts = wire_size(message.content), "", record_digests(message.content)
             error = None
         else:
             tensors, metrics, config = {}, {}, {}
-            num_bytes, digest = 0, hashlib.sha256(b"").hexdigest()
+            num_bytes, digest, parts = 0, hashlib.sha256(b"").hexdigest(), ()
             error = f"{message.error.code}: {message.error.reason}"
         if direction == "down":
             rnd = _round_of(message, config)
@@ -165,7 +165,9 @@ class TappedGrid(Grid):
                 self._round_of_request[flower_id] = rnd
         else:
             rnd = self._round_of_request.get(meta.reply_to_message_id, _round_of(message, config))
-        log_id = self._writer.append(
+        observe = self._observe
+        event = (rnd, direction, meta.src_node_id, meta.dst_node_id, meta.message_type)
+        self._writer.submit(
             OutgoingRecord(
                 round=rnd,
                 direction=direction,
@@ -181,8 +183,8 @@ class TappedGrid(Grid):
                 metrics=metrics,
                 config=config,
                 tensors=tensors,
+                record_digests=parts,
                 error=error,
-            )
+            ),
+            then=None if observe is None else lambda log_id: observe(Intercept(log_id, *event)),
         )
-        if self._observe is not None:
-            self._observe(Intercept(log_id, rnd, direction, meta.src_node_id, meta.dst_node_id, meta.message_type))

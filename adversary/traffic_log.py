@@ -2,17 +2,19 @@
 
 Layout inside a run directory::
 
-    traffic/index.sqlite          one row per message, one row per tensor (WAL mode)
-    traffic/tensors/000042.safetensors
+    traffic/index.sqlite          one row per message, per tensor and per stored blob (WAL mode)
+    traffic/blobs/pack-000001.bin each distinct tensor's bytes once, by SHA-256 (adversary.tensor_store)
+    traffic/tensors/000042.safetensors   logs of the first format: one file a message (still read)
 
-A message's tensor file is written and renamed into place before its index row is
-committed, so a process killed at any instant leaves a log in which every
-committed message is complete. Tensors are stored as safetensors, never pickle.
+The writer (adversary.traffic_writer) commits a message's index rows only after the bytes they
+name are in place, so a process killed at any instant leaves a log in which every committed
+message is complete. Tensors are stored as raw bytes or safetensors, never pickle.
 
-A log may come from someone else: the reader follows no path the index names
-beyond a plain ``tensors/NNNNNNN.safetensors`` (no ``..``, no absolute path, no
-link), and a damaged index or tensor file is one "corrupted log" line, never a
-traceback. A log on a folder it cannot write (a read-only mount) opens immutable.
+A log may come from someone else: the reader follows no path the index names beyond a plain
+``blobs/pack-NNNNNN.bin`` or ``tensors/NNNNNNN.safetensors`` (no ``..``, no absolute path, no
+link), checks every blob against its digest, and a damaged index, pack or tensor file is one
+"corrupted log" line, never a traceback. A log on a folder it cannot write (a read-only mount)
+opens immutable.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ import json
 import os
 import re
 import sqlite3
-import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
+from adversary.tensor_store import STORED_KINDS, BlobError, PackReader
 from fl_sim.safe_paths import file_inside
 from fl_sim.validation import exception_line
 
@@ -39,7 +40,8 @@ TRAFFIC_DIR = "traffic"
 INDEX_DB = "index.sqlite"
 TENSOR_DIR = "tensors"
 DIRECTIONS = ("down", "up")
-TENSOR_FILE = re.compile(r"tensors/[0-9]{7,12}\.safetensors")  # what the writer names, and all a reader follows
+TENSOR_FILE = re.compile(r"tensors/[0-9]{7,12}\.safetensors")  # what the first format's writer named, and all a reader follows
+SCHEMA_VERSION = 2  # 1: a safetensors file a message; 2: content-addressed blobs
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -67,7 +69,14 @@ CREATE TABLE IF NOT EXISTS tensors (
     shape TEXT NOT NULL,
     dtype TEXT NOT NULL,
     l2 REAL NOT NULL,
+    blob TEXT,
     PRIMARY KEY (message, name)
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    digest TEXT PRIMARY KEY,
+    pack TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_round ON messages(round);
 """
@@ -112,9 +121,12 @@ class MessageMeta:
 
 @dataclass(frozen=True, kw_only=True)
 class OutgoingRecord(MessageMeta):
-    """What the tap hands the writer for one message."""
+    """What the tap hands the writer for one message: tensors as numpy arrays or the tap's payloads
+    (adversary.payload). An empty ``sha256`` is the writer's to compute, from the tensors' digests and
+    ``record_digests`` (each non-tensor record's own digest)."""
 
-    tensors: Mapping[str, np.ndarray]
+    tensors: Mapping[str, Any]
+    record_digests: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,94 +152,20 @@ def message_from_json(data: dict[str, Any]) -> MessageInfo:
     return MessageInfo(**fields, tensors=tensors)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def connect_index(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray)):
-        return {"bytes": len(value)}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-class TrafficWriter:
-    """Append-only writer; one per run, safe to share between the server's threads."""
-
-    def __init__(self, run_dir: str | Path) -> None:
-        self.root = Path(run_dir) / TRAFFIC_DIR
-        (self.root / TENSOR_DIR).mkdir(parents=True, exist_ok=True)
-        self._conn = _connect(self.root / INDEX_DB)
-        self._conn.executescript(_SCHEMA)
-        self._conn.commit()
-        self._lock = threading.Lock()
-
-    def append(self, record: OutgoingRecord) -> int:
-        if record.direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got {record.direction!r}")
-        # Legacy Flower strategies reach the Grid (and so the tap) from several threads.
-        with self._lock:
-            return self._append(record)
-
-    def _append(self, record: OutgoingRecord) -> int:
-        cur = self._conn.execute(
-            "INSERT INTO messages (round, direction, src_node, dst_node, message_type, flower_id,"
-            " reply_to, group_id, num_bytes, sha256, created_at, logged_at, metrics, config, error)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                record.round,
-                record.direction,
-                str(record.src_node),
-                str(record.dst_node),
-                record.message_type,
-                record.flower_id,
-                record.reply_to,
-                record.group_id,
-                record.num_bytes,
-                record.sha256,
-                record.created_at,
-                time.time(),
-                json.dumps({k: _jsonable(v) for k, v in record.metrics.items()}),
-                json.dumps({k: _jsonable(v) for k, v in record.config.items()}),
-                record.error,
-            ),
-        )
-        msg_id = int(cur.lastrowid)
-        try:
-            if record.tensors:
-                arrays = {k: np.ascontiguousarray(v) for k, v in record.tensors.items()}
-                rel = f"{TENSOR_DIR}/{msg_id:07d}.safetensors"
-                tmp = self.root / (rel + ".tmp")
-                save_file(arrays, str(tmp))
-                os.replace(tmp, self.root / rel)
-                self._conn.execute("UPDATE messages SET tensor_file = ? WHERE id = ?", (rel, msg_id))
-                self._conn.executemany(
-                    "INSERT INTO tensors (message, name, shape, dtype, l2) VALUES (?, ?, ?, ?, ?)",
-                    [
-                        (msg_id, name, json.dumps(list(a.shape)), str(a.dtype), _l2(a))
-                        for name, a in arrays.items()
-                    ],
-                )
-            self._conn.commit()
-        except BaseException:
-            self._conn.rollback()
-            raise
-        return msg_id
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-def _l2(array: np.ndarray) -> float:
-    if array.dtype.kind in "fiu" and array.size:
-        return float(np.linalg.norm(array.astype(np.float64).ravel()))
-    return 0.0
+def create_schema(conn: sqlite3.Connection) -> None:
+    """The current schema; a log of the first format gains the blob column and keeps its messages."""
+    conn.executescript(_SCHEMA)
+    if "blob" not in {row[1] for row in conn.execute("PRAGMA table_info(tensors)")}:
+        conn.execute("ALTER TABLE tensors ADD COLUMN blob TEXT")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.commit()
 
 
 class _Checked(sqlite3.Connection):
@@ -258,6 +196,8 @@ class TrafficLog:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._conn = _read_only(root / INDEX_DB)
+        self._blobs = "blob" in {row[1] for row in self._conn.execute("PRAGMA table_info(tensors)")}
+        self._packs = PackReader(root)
 
     @classmethod
     def open(cls, run_dir: str | Path) -> TrafficLog:
@@ -276,6 +216,7 @@ class TrafficLog:
         return path
 
     def close(self) -> None:
+        self._packs.close()
         self._conn.close()
 
     def __enter__(self) -> TrafficLog:
@@ -323,21 +264,65 @@ class TrafficLog:
         """The message's tensors as numpy arrays, names ``record/key``; optional record prefix."""
         info = self.message(msg_id)
         file = self._conn.execute("SELECT tensor_file FROM messages WHERE id = ?", (msg_id,)).fetchone()[0]
-        if not info.tensors and file is None:
-            return {}
-        path = self._tensor_path(msg_id, file)
-        try:
-            arrays = load_file(str(path))
-        except Exception as exc:  # safetensors reports a damaged file as several error types
-            raise TrafficLogError(f"RUN_DIR: corrupted traffic log (message {msg_id}'s tensor file {file}: "
-                                  f"{exception_line(exc)})") from None
-        listed = {t.name: t for t in info.tensors}
-        if set(arrays) != set(listed) or any(list(a.shape) != list(listed[k].shape) for k, a in arrays.items()):
-            raise TrafficLogError(f"RUN_DIR: corrupted traffic log (message {msg_id}'s tensor file {file} does not "
-                                  "hold the tensors its index lists)")
+        if file is not None:
+            arrays = self._file_arrays(info, file)
+        elif not info.tensors:
+            arrays = {}
+        elif self._blobs:
+            arrays = self._blob_arrays(msg_id)
+        else:
+            raise TrafficLogError(f"RUN_DIR: corrupted traffic log (message {msg_id} lists tensors but names no tensor file)")
         if prefix is not None:
             head = prefix.rstrip("/") + "/"
             arrays = {k[len(head):]: v for k, v in arrays.items() if k.startswith(head)}
+        return arrays
+
+    def _file_arrays(self, info: MessageInfo, file: object) -> dict[str, np.ndarray]:
+        """A message of the first format: one safetensors file."""
+        path = self._tensor_path(info.id, file)
+        try:
+            arrays = load_file(str(path))
+        except Exception as exc:  # safetensors reports a damaged file as several error types
+            raise TrafficLogError(f"RUN_DIR: corrupted traffic log (message {info.id}'s tensor file {file}: "
+                                  f"{exception_line(exc)})") from None
+        listed = {t.name: t for t in info.tensors}
+        if set(arrays) != set(listed) or any(list(a.shape) != list(listed[k].shape) for k, a in arrays.items()):
+            raise TrafficLogError(f"RUN_DIR: corrupted traffic log (message {info.id}'s tensor file {file} does not "
+                                  "hold the tensors its index lists)")
+        return arrays
+
+    def _blob_arrays(self, msg_id: int) -> dict[str, np.ndarray]:
+        """A message of the content-addressed format: each tensor from its blob, checked against its digest."""
+        rows = self._conn.execute(
+            "SELECT t.name, t.shape, t.dtype, t.blob, b.pack, b.offset, b.length FROM tensors t"
+            " LEFT JOIN blobs b ON b.digest = t.blob WHERE t.message = ? ORDER BY t.rowid", (msg_id,)
+        ).fetchall()
+        arrays: dict[str, np.ndarray] = {}
+        read: dict[str, bytearray] = {}
+        used: set[str] = set()  # a blob two tensors share is read once; the second gets its own copy
+        for name, shape_text, dtype_text, blob, pack, offset, length in rows:
+            def corrupted(why: str) -> TrafficLogError:
+                return TrafficLogError(f"RUN_DIR: corrupted traffic log (message {msg_id}'s tensor {name!r} {why})")
+
+            try:
+                shape = tuple(int(d) for d in json.loads(shape_text))
+                dtype = np.dtype(dtype_text)
+            except (TypeError, ValueError) as exc:
+                raise corrupted(f"has no valid shape or dtype: {exc}") from None
+            if dtype.hasobject or dtype.kind not in STORED_KINDS or any(d < 0 for d in shape):
+                raise corrupted(f"has dtype {dtype_text!r} or shape {list(shape)}, which the writer never stores")
+            if not isinstance(blob, str) or pack is None:
+                raise corrupted("names no stored blob")
+            if length != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+                raise corrupted(f"has {length!r} bytes, not those of {dtype} {list(shape)}")
+            if blob not in read:
+                try:
+                    read[blob] = self._packs.read(blob, pack, offset, length)
+                except BlobError as exc:
+                    raise corrupted(str(exc)) from None
+            data = bytearray(read[blob]) if blob in used else read[blob]
+            used.add(blob)
+            arrays[name] = np.frombuffer(data, dtype=dtype).reshape(shape)
         return arrays
 
     def tensors(self, msg_id: int, prefix: str | None = None) -> dict[str, Any]:

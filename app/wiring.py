@@ -25,7 +25,7 @@ from adversary.progress import PROGRESS_LOG
 from adversary.roles import RoleContext
 from adversary.service import role_faults, start_adversary
 from adversary.tap import TappedGrid
-from adversary.traffic_log import TrafficWriter
+from adversary.traffic_writer import TrafficWriter
 from fl_sim.config import AdversaryConfig, RunConfig
 from fl_sim.node_ids import node_ids_for
 from server.app import StrategyWrapper, make_server_app
@@ -55,6 +55,7 @@ def describe_clients(config: RunConfig) -> Describe:
 class Session:
     grid: Grid
     adversary: Any | None  # adversary.service's ThreadAdversary or RayAdversary
+    writer: TrafficWriter
 
 
 @contextlib.contextmanager
@@ -71,34 +72,41 @@ def tapped_session(grid: Grid, run_dir: Path, adversary: AdversaryConfig | None,
             attacker = start_adversary(run_dir, adversary, context, engine)
             if console is not None:
                 feed = JobFeed(run_dir, lambda line: console.print(line, highlight=False, soft_wrap=True), describe).start()
-        yield Session(TappedGrid(grid, writer, observe=attacker.on_intercept if attacker is not None else None), attacker)
+        yield Session(TappedGrid(grid, writer, observe=attacker.on_intercept if attacker is not None else None), attacker,
+                      writer)
     finally:
-        if attacker is not None:
-            wait = adversary.wait if adversary is not None else True
-            attacker.drain()  # the role has seen every message: its attacks are all in the book
-            if feed is not None:
-                feed.poll()
-            if feed is not None and wait and (left := feed.unfinished()):
-                console.print(f"training done; waiting for {left} unfinished attack{'s' if left > 1 else ''} "
-                              f"(progress: {run_dir / PROGRESS_LOG})", highlight=False, soft_wrap=True)
-                feed.show_progress(run_dir / PROGRESS_LOG)
-            states = attacker.finish(wait)
-            if feed is not None:
-                feed.stop()
-            if console is not None:
-                counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-                console.print(f"adversary: {counts} attacks" if counts else "adversary: no attacks scheduled",
-                              highlight=False, soft_wrap=True)
-                for line in role_faults(run_dir):
-                    console.print(f"adversary: {line}", highlight=False, soft_wrap=True)
-        writer.close()
+        try:
+            writer.flush()  # every message committed and shown to the role before it is drained
+        finally:
+            if attacker is not None:
+                wait = adversary.wait if adversary is not None else True
+                attacker.drain()  # the role has seen every message: its attacks are all in the book
+                if feed is not None:
+                    feed.poll()
+                if feed is not None and wait and (left := feed.unfinished()):
+                    console.print(f"training done; waiting for {left} unfinished attack{'s' if left > 1 else ''} "
+                                  f"(progress: {run_dir / PROGRESS_LOG})", highlight=False, soft_wrap=True)
+                    feed.show_progress(run_dir / PROGRESS_LOG)
+                states = attacker.finish(wait)
+                if feed is not None:
+                    feed.stop()
+                if console is not None:
+                    counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+                    console.print(f"adversary: {counts} attacks" if counts else "adversary: no attacks scheduled",
+                                  highlight=False, soft_wrap=True)
+                    for line in role_faults(run_dir):
+                        console.print(f"adversary: {line}", highlight=False, soft_wrap=True)
+            writer.close()  # re-raises a failed write, once the adversary is done
 
 
 def _wrapper(config: RunConfig, run_dir: Path, session: Session) -> StrategyWrapper:
     """A malicious server wraps the honest strategy; any other role leaves it as it is."""
     if config.adversary.role != "malicious-server":
         return lambda strategy: strategy
-    on_aggregate = session.adversary.on_server_aggregate if session.adversary is not None else None
+    adversary = session.adversary
+    # in the writer's thread, after the round's messages: the role sees them before the aggregate, as before
+    on_aggregate = (None if adversary is None else
+                    lambda aggregate: session.writer.call_after(lambda: adversary.on_server_aggregate(aggregate)))
     return lambda strategy: malicious_server(config, strategy, run_dir, on_aggregate)
 
 

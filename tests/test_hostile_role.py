@@ -94,8 +94,11 @@ class Hostile(Fair):
                 db.execute("UPDATE messages SET metrics = '{\"train/loss\": 0}' WHERE id = ?", (event.log_id,))
 
         def overwrite_tensors():
-            name = log.messages.__self__._conn.execute("SELECT tensor_file FROM messages WHERE id = ?", (event.log_id,)).fetchone()[0]
+            name, offset = log.messages.__self__._conn.execute(
+                "SELECT b.pack, b.offset FROM tensors t JOIN blobs b ON b.digest = t.blob WHERE t.message = ?",
+                (event.log_id,)).fetchone()
             with open(traffic / name, "r+b") as fh:
+                fh.seek(offset)
                 fh.write(b"\0" * 8)
 
         def edit_job_book():

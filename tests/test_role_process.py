@@ -12,7 +12,8 @@ import pytest
 from adversary import confinement, role_process
 from adversary.role_process import Confinement, RoleFault, RoleProcess, checked_target
 from adversary.roles import AttackTarget, Intercept, RoleContext
-from adversary.traffic_log import OutgoingRecord, TrafficLog, TrafficWriter
+from adversary.traffic_log import OutgoingRecord, TrafficLog
+from adversary.traffic_writer import TrafficWriter
 
 NO_LANDLOCK = confinement.landlock_unavailable()
 needs_landlock = pytest.mark.skipif(NO_LANDLOCK is not None, reason=f"no Landlock here: {NO_LANDLOCK}")

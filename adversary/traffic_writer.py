@@ -1,0 +1,236 @@
+"""The traffic log's writer: off the round's critical path, each distinct tensor stored once.
+
+The tap hands a message over and returns; one writer thread hashes its tensors, appends the new
+ones to the tensor store, and commits the message's index rows, in the order the messages came.
+The queue is bounded in bytes, so a slow disk slows the tap down instead of filling memory. Work
+handed over after a message (an adversary's callback) runs only once that message is committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adversary.payload import TensorPayload, payload_of_ndarray
+from adversary.tensor_store import PackWriter, digest_of
+from adversary.traffic_log import (
+    DIRECTIONS,
+    INDEX_DB,
+    SCHEMA_VERSION,
+    TRAFFIC_DIR,
+    OutgoingRecord,
+    connect_index,
+    create_schema,
+)
+
+QUEUE_BYTES = 256 << 20  # tensors waiting to be written, at most (one more message is always let in)
+_SHARED_CACHE_BYTES = 256 << 20  # broadcast tensors whose digest is remembered by identity
+_NORM_CACHE = 4096
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return {"bytes": len(value)}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _l2(payload: TensorPayload) -> float:
+    if not payload.nbytes:
+        return 0.0
+    values = np.frombuffer(payload.data, dtype=np.dtype(payload.dtype))
+    if values.dtype.kind not in "fiu":
+        return 0.0
+    return float(np.linalg.norm(values.astype(np.float64)))
+
+
+def message_digest(tensors: list[tuple[str, TensorPayload, str]], record_digests: tuple[tuple[str, str], ...]) -> str:
+    """SHA-256 of the message's content manifest: each tensor's name, dtype, shape and digest, and each
+    other record's digest. Equal content, equal digest; it does not need the content serialised again."""
+    manifest = [[name, p.dtype, list(p.shape), digest] for name, p, digest in tensors] + [list(r) for r in record_digests]
+    return hashlib.sha256(json.dumps(manifest, separators=(",", ":")).encode()).hexdigest()
+
+
+class _Digests:
+    """Digests of tensors the tap saw before, by the identity of the immutable bytes they live in
+    (the same broadcast model handed to a hundred clients is hashed once), and their norms."""
+
+    def __init__(self) -> None:
+        self._by_owner: OrderedDict[int, tuple[bytes, str]] = OrderedDict()
+        self._bytes = 0
+        self._norms: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def digest(self, payload: TensorPayload, remember: bool) -> str:
+        owner = payload.owner
+        if owner is not None and (hit := self._by_owner.get(id(owner))) is not None and hit[0] is owner:
+            self._by_owner.move_to_end(id(owner))
+            return hit[1]
+        digest = digest_of(payload.data)
+        if owner is not None and remember:
+            self._by_owner[id(owner)] = (owner, digest)  # held, so the id is not reused while remembered
+            self._bytes += len(owner)
+            while self._bytes > _SHARED_CACHE_BYTES and len(self._by_owner) > 1:
+                _, (old, _) = self._by_owner.popitem(last=False)
+                self._bytes -= len(old)
+        return digest
+
+    def norm(self, payload: TensorPayload, digest: str) -> float:
+        key = (digest, payload.dtype)
+        if (value := self._norms.get(key)) is None:
+            value = self._norms[key] = _l2(payload)
+            if len(self._norms) > _NORM_CACHE:
+                self._norms.popitem(last=False)
+        return value
+
+
+class TrafficWriter:
+    """Append-only writer, one per run; safe to share between the server's threads.
+
+    ``submit`` hands a message over and returns at once; ``append`` waits for its id. ``close`` (or
+    ``flush``) waits until everything handed over is committed, and re-raises a failed write.
+    """
+
+    def __init__(self, run_dir: str | Path, *, queue_bytes: int = QUEUE_BYTES) -> None:
+        self.root = Path(run_dir) / TRAFFIC_DIR
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._conn = connect_index(self.root / INDEX_DB)
+        create_schema(self._conn)
+        self._packs = PackWriter(self.root)
+        self._digests = _Digests()
+        self._queue: queue.Queue[tuple[Any, Future[Any], int] | None] = queue.Queue()
+        self._budget = threading.Condition()
+        self._pending = 0
+        self._queue_bytes = queue_bytes
+        self._error: BaseException | None = None
+        self._doing = self._failed = "the traffic log could not be written"
+        self._closed = False
+        self._thread = threading.Thread(target=self._drain, name="traffic-writer", daemon=True)
+        self._thread.start()
+
+    # -- handing work over --------------------------------------------------
+    def submit(self, record: OutgoingRecord, then: Callable[[int], None] | None = None) -> Future[int]:
+        """Queue ``record``; ``then(message id)`` runs in the writer thread once it is committed."""
+        if record.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {record.direction!r}")
+        # a numpy array is copied: the caller may change it before the writer gets to it
+        payloads = {k: v if isinstance(v, TensorPayload) else payload_of_ndarray(np.array(v, copy=True))
+                    for k, v in record.tensors.items()}
+        size = sum(p.nbytes for p in payloads.values())
+        return self._put((record, payloads, then), size)
+
+    def append(self, record: OutgoingRecord) -> int:
+        return self.submit(record).result()
+
+    def call_after(self, fn: Callable[[], None]) -> Future[None]:
+        """Run ``fn`` in the writer thread after every message handed over before it is committed."""
+        return self._put(fn, 0)
+
+    def _put(self, item: Any, size: int) -> Future[Any]:
+        self._raise_failure()
+        if self._closed:
+            raise RuntimeError("the traffic writer is closed")
+        with self._budget:
+            self._budget.wait_for(lambda: self._pending == 0 or self._pending + size <= self._queue_bytes
+                                  or self._error is not None)
+            self._pending += size
+        self._raise_failure()
+        future: Future[Any] = Future()
+        self._queue.put((item, future, size))
+        return future
+
+    def flush(self) -> None:
+        self.call_after(lambda: None).result()
+        self._raise_failure()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+            self._packs.close()
+            self._conn.close()
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"{self._failed}: {self._error}") from self._error
+
+    # -- the writer thread --------------------------------------------------
+    def _drain(self) -> None:
+        while (entry := self._queue.get()) is not None:
+            item, future, size = entry
+            try:
+                if callable(item):
+                    self._doing = "a callback after the traffic log's messages failed"
+                    future.set_result(item())
+                else:
+                    record, payloads, then = item
+                    msg_id = self._commit(record, payloads)
+                    future.set_result(msg_id)
+                    if then is not None:
+                        self._doing = f"the callback after message {msg_id} failed"
+                        then(msg_id)
+            except BaseException as exc:  # kept, and raised in the thread that hands the next message over
+                if self._error is None:
+                    self._error, self._failed = exc, self._doing
+                if not future.done():
+                    future.set_exception(exc)
+            finally:
+                self._doing = "the traffic log could not be written"
+                with self._budget:
+                    self._pending -= size
+                    self._budget.notify_all()
+
+    def _commit(self, record: OutgoingRecord, payloads: Mapping[str, TensorPayload]) -> int:
+        remember = record.direction == "down"  # a broadcast's bytes recur; an upload's are its own
+        hashed = [(name, p, self._digests.digest(p, remember)) for name, p in payloads.items()]
+        digest = record.sha256 or message_digest(hashed, record.record_digests)
+        try:
+            cur = self._conn.execute(
+                "INSERT INTO messages (round, direction, src_node, dst_node, message_type, flower_id,"
+                " reply_to, group_id, num_bytes, sha256, created_at, logged_at, metrics, config, error)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.round, record.direction, str(record.src_node), str(record.dst_node), record.message_type,
+                 record.flower_id, record.reply_to, record.group_id, record.num_bytes, digest, record.created_at,
+                 time.time(), json.dumps({k: _jsonable(v) for k, v in record.metrics.items()}),
+                 json.dumps({k: _jsonable(v) for k, v in record.config.items()}), record.error),
+            )
+            msg_id = int(cur.lastrowid)
+            rows = []
+            for name, payload, blob in hashed:
+                self._store(blob, payload)
+                rows.append((msg_id, name, json.dumps(list(payload.shape)), payload.dtype,
+                             self._digests.norm(payload, blob), blob))
+            self._conn.executemany("INSERT INTO tensors (message, name, shape, dtype, l2, blob) VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._conn.commit()
+        except BaseException:
+            self._conn.rollback()
+            raise
+        return msg_id
+
+    def _store(self, blob: str, payload: TensorPayload) -> None:
+        """The blob's bytes, once: written to a pack before the row that names them is committed."""
+        if self._conn.execute("SELECT 1 FROM blobs WHERE digest = ?", (blob,)).fetchone() is not None:
+            return
+        pack, offset = self._packs.write(payload.data)
+        self._conn.execute("INSERT INTO blobs (digest, pack, offset, length) VALUES (?, ?, ?, ?)",
+                           (blob, pack, offset, payload.nbytes))
+
+
+__all__ = ["QUEUE_BYTES", "SCHEMA_VERSION", "TrafficWriter", "message_digest"]
