@@ -222,3 +222,14 @@ class JobBook:
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 path.parent.rmdir()  # the adversary folder, if the book was all it held
+
+
+def messages_named_by_jobs(run_dir: str | Path) -> set[int]:
+    """Every traffic-log message an attack job in the book reads as its target (the tap keeps them)."""
+    if not JobBook.exists(run_dir):
+        return set()
+    book = JobBook(run_dir)
+    try:
+        return {m for job in book.jobs() for m in job.target.messages}
+    finally:
+        book.close()

@@ -189,6 +189,11 @@ class ThreadAdversary:
     def on_server_aggregate(self, aggregate: ServerAggregate) -> None:
         self.feeder.submit(lambda: self._submit(self.core.on_server_aggregate(aggregate)))
 
+    def catch_up(self) -> None:
+        """Wait until the role has seen every message handed to it so far (its jobs are in the book)."""
+        if not self.drained:
+            self.feeder.submit(lambda: None).result()
+
     def drain(self) -> None:
         """Wait until the role has seen every message (its jobs are in the book), then end its process."""
         if not self.drained:
@@ -279,6 +284,9 @@ def _ray_classes() -> tuple[Any, Any]:
                 self.refs.append(worker.run.remote(self.core.run_dir, job, self.core.config.device))
             return len(self.refs)
 
+        def catch_up(self) -> None:
+            """Nothing: it returns once every call sent before it has run (an actor runs its calls in order)."""
+
         def worker_pids(self) -> list[int]:
             return ray.get([w.pid.remote() for w in self.workers])
 
@@ -321,6 +329,9 @@ class RayAdversary:
 
     def on_server_aggregate(self, aggregate: Any) -> None:
         self.actor.on_server_aggregate.remote(aggregate)
+
+    def catch_up(self) -> None:
+        ray.get(self.actor.catch_up.remote())
 
     def drain(self) -> None:
         ray.get(self.actor.drain.remote())

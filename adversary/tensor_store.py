@@ -6,6 +6,10 @@ a new one for each writer and every 1 GiB); the index says where each digest lie
 are written before the index row that names them is committed, so a killed writer leaves at most
 unreferenced bytes at the end of a pack, never a referenced half blob.
 
+Tensors the tap policy does not keep go to a spool file of their round (``blobs/spool-NNNNNN.bin``)
+instead: readable while the adversary looks at them, then dropped, or moved into a pack when an
+attack needs them (:class:`adversary.traffic_writer.TrafficWriter` decides).
+
 A log may come from someone else: a reader follows only pack names of the writer's form, inside
 ``blobs/``, through no link, reads within the file's bounds and checks the digest of what it read.
 """
@@ -20,7 +24,7 @@ from pathlib import Path
 from fl_sim.safe_paths import file_inside
 
 BLOB_DIR = "blobs"
-PACK_FILE = re.compile(r"blobs/pack-[0-9]{6}\.bin")
+PACK_FILE = re.compile(r"blobs/(pack|spool)-[0-9]{6}\.bin")
 PACK_LIMIT = 1 << 30
 STORED_KINDS = "biufcSU"  # numpy dtype kinds the writer stores and a reader accepts: nothing that holds objects
 _PACK_NAME = re.compile(r"pack-([0-9]{6})\.bin")
@@ -75,6 +79,43 @@ class PackWriter:
             self._fd = None
 
 
+class SpoolWriter:
+    """One append-only file a round for the tensors the policy does not keep; dropped whole."""
+
+    def __init__(self, traffic_root: Path) -> None:
+        self.folder = traffic_root / BLOB_DIR
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._files: dict[int, tuple[int, int]] = {}  # round: (fd, bytes written)
+
+    @staticmethod
+    def name(number: int) -> str:
+        return f"{BLOB_DIR}/spool-{number:06d}.bin"
+
+    def write(self, number: int, data: memoryview | bytes) -> tuple[str, int]:
+        if number not in self._files:
+            fd = os.open(self.folder / f"spool-{number:06d}.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._files[number] = (fd, 0)
+        fd, offset = self._files[number]
+        view = memoryview(data).cast("B")
+        while view:
+            view = view[os.write(fd, view):]
+        self._files[number] = (fd, offset + len(data))
+        return self.name(number), offset
+
+    def rounds(self) -> list[int]:
+        return sorted(self._files)
+
+    def drop(self, number: int) -> None:
+        """Close and delete a round's spool (its index rows are gone or moved first)."""
+        if (entry := self._files.pop(number, None)) is not None:
+            os.close(entry[0])
+        (self.folder / f"spool-{number:06d}.bin").unlink(missing_ok=True)
+
+    def close(self) -> None:
+        for number in list(self._files):
+            os.close(self._files.pop(number)[0])
+
+
 class PackReader:
     """Reads blobs by (pack, offset, length) and checks them against their digest."""
 
@@ -110,6 +151,11 @@ class PackReader:
         if digest_of(buffer) != digest:
             raise BlobError(f"blob {digest[:12]} in {pack} does not match its digest")
         return buffer
+
+    def forget(self, pack: str) -> None:
+        """Close a file that is about to be deleted."""
+        if (fd := self._fds.pop(pack, None)) is not None:
+            os.close(fd)
 
     def close(self) -> None:
         for fd in self._fds.values():

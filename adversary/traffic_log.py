@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS messages (
     metrics TEXT NOT NULL,
     config TEXT NOT NULL,
     error TEXT,
-    tensor_file TEXT
+    tensor_file TEXT,
+    kept INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS tensors (
     message INTEGER NOT NULL REFERENCES messages(id),
@@ -80,6 +81,10 @@ CREATE TABLE IF NOT EXISTS blobs (
 );
 CREATE INDEX IF NOT EXISTS messages_round ON messages(round);
 """
+
+
+_MESSAGE_COLUMNS = ("id, round, direction, src_node, dst_node, message_type, flower_id, reply_to, group_id, num_bytes,"
+                    " sha256, created_at, logged_at, metrics, config, error")
 
 
 class TrafficLogError(ValueError):
@@ -136,6 +141,7 @@ class MessageInfo(MessageMeta):
     id: int
     logged_at: float
     tensors: tuple[TensorInfo, ...] = field(default=())
+    kept: bool = True  # False: the tap policy kept this message's metadata only
 
 
 def message_to_json(info: MessageInfo) -> dict[str, Any]:
@@ -164,6 +170,8 @@ def create_schema(conn: sqlite3.Connection) -> None:
     conn.executescript(_SCHEMA)
     if "blob" not in {row[1] for row in conn.execute("PRAGMA table_info(tensors)")}:
         conn.execute("ALTER TABLE tensors ADD COLUMN blob TEXT")
+    if "kept" not in {row[1] for row in conn.execute("PRAGMA table_info(messages)")}:
+        conn.execute("ALTER TABLE messages ADD COLUMN kept INTEGER NOT NULL DEFAULT 1")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     conn.commit()
 
@@ -197,6 +205,8 @@ class TrafficLog:
         self.root = root
         self._conn = _read_only(root / INDEX_DB)
         self._blobs = "blob" in {row[1] for row in self._conn.execute("PRAGMA table_info(tensors)")}
+        has_kept = "kept" in {row[1] for row in self._conn.execute("PRAGMA table_info(messages)")}
+        self._columns = _MESSAGE_COLUMNS + (", kept" if has_kept else ", 1")
         self._packs = PackReader(root)
 
     @classmethod
@@ -249,12 +259,12 @@ class TrafficLog:
         if message_type is not None:
             where.append("message_type = ?")
             args.append(message_type)
-        sql = "SELECT * FROM messages" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        sql = f"SELECT {self._columns} FROM messages" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
         rows = self._conn.execute(sql, args).fetchall()
         return [self._info(row) for row in rows]
 
     def message(self, msg_id: int) -> MessageInfo:
-        row = self._conn.execute("SELECT * FROM messages WHERE id = ?", (msg_id,)).fetchone()
+        row = self._conn.execute(f"SELECT {self._columns} FROM messages WHERE id = ?", (msg_id,)).fetchone()
         if row is None:
             last = self._conn.execute("SELECT MAX(id) FROM messages").fetchone()[0]
             raise TrafficLogError(f"MSG_ID: no message {msg_id} in this log (ids run 1..{last or 0})")
@@ -269,7 +279,7 @@ class TrafficLog:
         elif not info.tensors:
             arrays = {}
         elif self._blobs:
-            arrays = self._blob_arrays(msg_id)
+            arrays = self._blob_arrays(info)
         else:
             raise TrafficLogError(f"RUN_DIR: corrupted traffic log (message {msg_id} lists tensors but names no tensor file)")
         if prefix is not None:
@@ -291,8 +301,9 @@ class TrafficLog:
                                   "hold the tensors its index lists)")
         return arrays
 
-    def _blob_arrays(self, msg_id: int) -> dict[str, np.ndarray]:
+    def _blob_arrays(self, info: MessageInfo) -> dict[str, np.ndarray]:
         """A message of the content-addressed format: each tensor from its blob, checked against its digest."""
+        msg_id = info.id
         rows = self._conn.execute(
             "SELECT t.name, t.shape, t.dtype, t.blob, b.pack, b.offset, b.length FROM tensors t"
             " LEFT JOIN blobs b ON b.digest = t.blob WHERE t.message = ? ORDER BY t.rowid", (msg_id,)
@@ -312,6 +323,9 @@ class TrafficLog:
             if dtype.hasobject or dtype.kind not in STORED_KINDS or any(d < 0 for d in shape):
                 raise corrupted(f"has dtype {dtype_text!r} or shape {list(shape)}, which the writer never stores")
             if not isinstance(blob, str) or pack is None:
+                if not info.kept:
+                    raise TrafficLogError(f"MSG_ID: message {msg_id}'s tensors were not kept (the tap's keep_* policy "
+                                          "kept its metadata only)")
                 raise corrupted("names no stored blob")
             if length != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
                 raise corrupted(f"has {length!r} bytes, not those of {dtype} {list(shape)}")
@@ -364,7 +378,7 @@ class TrafficLog:
     def _info(self, row: tuple) -> MessageInfo:
         try:
             (mid, rnd, direction, src, dst, mtype, fid, reply_to, group, nbytes, sha, created, logged,
-             metrics, config, error, _file) = row
+             metrics, config, error, kept) = row
             tensors = tuple(
                 TensorInfo(str(name), tuple(int(n) for n in json.loads(shape)), str(dtype), float(l2))
                 for name, shape, dtype, l2 in self._conn.execute(
@@ -375,7 +389,7 @@ class TrafficLog:
                 id=mid, round=rnd, direction=direction, src_node=int(src), dst_node=int(dst),
                 message_type=mtype, flower_id=fid, reply_to=reply_to, group_id=group, num_bytes=nbytes, sha256=sha,
                 created_at=created, logged_at=logged, metrics=json.loads(metrics), config=json.loads(config),
-                error=error, tensors=tensors,
+                error=error, tensors=tensors, kept=bool(kept),
             )
         except TrafficLogError:
             raise

@@ -4,6 +4,12 @@ The tap hands a message over and returns; one writer thread hashes its tensors, 
 ones to the tensor store, and commits the message's index rows, in the order the messages came.
 The queue is bounded in bytes, so a slow disk slows the tap down instead of filling memory. Work
 handed over after a message (an adversary's callback) runs only once that message is committed.
+
+With a keep policy (adversary.tap_policy), a message the policy does not keep still gets all its
+index rows, and its new tensors go to its round's spool: the adversary reads them there while it
+happens. When round r + ``spool_rounds`` + 1 begins (or the log closes), round r's spool is
+dropped, except the tensors of messages an attack job names (``pinned``) and of the instructions
+those answer: they move into a pack and are kept.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ from typing import Any
 import numpy as np
 
 from adversary.payload import TensorPayload, payload_of_ndarray
-from adversary.tensor_store import PackWriter, digest_of
+from adversary.tensor_store import PackReader, PackWriter, SpoolWriter, digest_of
 from adversary.traffic_log import (
     DIRECTIONS,
     INDEX_DB,
     SCHEMA_VERSION,
     TRAFFIC_DIR,
+    MessageMeta,
     OutgoingRecord,
     connect_index,
     create_schema,
@@ -103,12 +110,18 @@ class TrafficWriter:
     ``flush``) waits until everything handed over is committed, and re-raises a failed write.
     """
 
-    def __init__(self, run_dir: str | Path, *, queue_bytes: int = QUEUE_BYTES) -> None:
+    def __init__(self, run_dir: str | Path, *, queue_bytes: int = QUEUE_BYTES,
+                 keep: Callable[[MessageMeta], bool] | None = None, pinned: Callable[[], set[int]] | None = None,
+                 spool_rounds: int = 1) -> None:
         self.root = Path(run_dir) / TRAFFIC_DIR
         self.root.mkdir(parents=True, exist_ok=True)
         self._conn = connect_index(self.root / INDEX_DB)
         create_schema(self._conn)
         self._packs = PackWriter(self.root)
+        self._spools = SpoolWriter(self.root)
+        self._own = PackReader(self.root)  # reads spooled blobs back to keep them
+        self._keep, self._pinned, self._spool_rounds = keep, pinned, spool_rounds
+        self._round = 0
         self._digests = _Digests()
         self._queue: queue.Queue[tuple[Any, Future[Any], int] | None] = queue.Queue()
         self._budget = threading.Condition()
@@ -156,15 +169,19 @@ class TrafficWriter:
         self._raise_failure()
 
     def close(self) -> None:
+        """Commit everything handed over, settle every spool (the adversary is done by now), close."""
         if self._closed:
             return
         try:
-            self.flush()
+            self.call_after(lambda: [self._release(n) for n in self._spools.rounds()]).result()
+            self._raise_failure()
         finally:
             self._closed = True
             self._queue.put(None)
             self._thread.join()
             self._packs.close()
+            self._spools.close()
+            self._own.close()
             self._conn.close()
 
     def _raise_failure(self) -> None:
@@ -198,23 +215,30 @@ class TrafficWriter:
                     self._budget.notify_all()
 
     def _commit(self, record: OutgoingRecord, payloads: Mapping[str, TensorPayload]) -> int:
+        if record.round is not None and record.round > self._round:
+            self._round = record.round
+            for number in self._spools.rounds():
+                if number < self._round - self._spool_rounds:
+                    self._release(number)
+        kept = self._keep is None or self._keep(record)
+        spool = None if kept else (record.round if record.round is not None else self._round)
         remember = record.direction == "down"  # a broadcast's bytes recur; an upload's are its own
         hashed = [(name, p, self._digests.digest(p, remember)) for name, p in payloads.items()]
         digest = record.sha256 or message_digest(hashed, record.record_digests)
         try:
             cur = self._conn.execute(
                 "INSERT INTO messages (round, direction, src_node, dst_node, message_type, flower_id,"
-                " reply_to, group_id, num_bytes, sha256, created_at, logged_at, metrics, config, error)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " reply_to, group_id, num_bytes, sha256, created_at, logged_at, metrics, config, error, kept)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (record.round, record.direction, str(record.src_node), str(record.dst_node), record.message_type,
                  record.flower_id, record.reply_to, record.group_id, record.num_bytes, digest, record.created_at,
                  time.time(), json.dumps({k: _jsonable(v) for k, v in record.metrics.items()}),
-                 json.dumps({k: _jsonable(v) for k, v in record.config.items()}), record.error),
+                 json.dumps({k: _jsonable(v) for k, v in record.config.items()}), record.error, int(kept)),
             )
             msg_id = int(cur.lastrowid)
             rows = []
             for name, payload, blob in hashed:
-                self._store(blob, payload)
+                self._store(blob, payload, spool)
                 rows.append((msg_id, name, json.dumps(list(payload.shape)), payload.dtype,
                              self._digests.norm(payload, blob), blob))
             self._conn.executemany("INSERT INTO tensors (message, name, shape, dtype, l2, blob) VALUES (?, ?, ?, ?, ?, ?)", rows)
@@ -224,13 +248,52 @@ class TrafficWriter:
             raise
         return msg_id
 
-    def _store(self, blob: str, payload: TensorPayload) -> None:
-        """The blob's bytes, once: written to a pack before the row that names them is committed."""
-        if self._conn.execute("SELECT 1 FROM blobs WHERE digest = ?", (blob,)).fetchone() is not None:
+    def _store(self, blob: str, payload: TensorPayload, spool: int | None) -> None:
+        """The blob's bytes, once: written (to a pack, or to the round's spool when the message is not
+        kept) before the row that names them is committed. A kept message's blob leaves the spool."""
+        row = self._conn.execute("SELECT pack FROM blobs WHERE digest = ?", (blob,)).fetchone()
+        if row is not None:
+            if spool is None and row[0].startswith("blobs/spool-"):
+                self._move_to_pack(blob, payload.data)
             return
-        pack, offset = self._packs.write(payload.data)
+        pack, offset = self._packs.write(payload.data) if spool is None else self._spools.write(spool, payload.data)
         self._conn.execute("INSERT INTO blobs (digest, pack, offset, length) VALUES (?, ?, ?, ?)",
                            (blob, pack, offset, payload.nbytes))
+
+    def _move_to_pack(self, blob: str, data: memoryview | bytes) -> None:
+        pack, offset = self._packs.write(data)
+        self._conn.execute("UPDATE blobs SET pack = ?, offset = ? WHERE digest = ?", (pack, offset, blob))
+
+    def _release(self, number: int) -> None:
+        """Drop a round's spool; the tensors of messages an attack names (and of the instructions they
+        answer) move into a pack first, and those messages count as kept."""
+        name = SpoolWriter.name(number)
+        pinned = set(self._pinned()) if self._pinned is not None else set()
+        rows = self._conn.execute(
+            "SELECT DISTINCT t.message, t.blob, b.offset, b.length, m.flower_id FROM tensors t"
+            " JOIN blobs b ON b.digest = t.blob JOIN messages m ON m.id = t.message WHERE b.pack = ?", (name,)
+        ).fetchall()
+        if pinned:
+            answered = {r for (r,) in self._conn.execute(
+                f"SELECT reply_to FROM messages WHERE id IN ({','.join('?' * len(pinned))})", sorted(pinned)) if r}
+            keep = {msg for msg, _, _, _, fid in rows if msg in pinned or (fid and fid in answered)}
+        else:
+            keep = set()
+        try:
+            moved: set[str] = set()
+            for msg, blob, offset, length, _ in rows:
+                if msg in keep and blob not in moved:
+                    self._move_to_pack(blob, self._own.read(blob, name, offset, length))
+                    moved.add(blob)
+            if keep:
+                self._conn.execute(f"UPDATE messages SET kept = 1 WHERE id IN ({','.join('?' * len(keep))})", sorted(keep))
+            self._conn.execute("DELETE FROM blobs WHERE pack = ?", (name,))
+            self._conn.commit()
+        except BaseException:
+            self._conn.rollback()
+            raise
+        self._own.forget(name)
+        self._spools.drop(number)
 
 
 __all__ = ["QUEUE_BYTES", "SCHEMA_VERSION", "TrafficWriter", "message_digest"]

@@ -57,6 +57,10 @@ def validate_adversary(config: RunConfig) -> None:
     """The role loads, its options fit, the attack preset and overrides resolve."""
     if not config.tap.enabled:
         raise ConfigError("adversary.role: an adversary needs the tap; set tap.enabled = true")
+    tap, rounds = config.tap, config.federation.rounds
+    if config.adversary.options.get("decode") and not tap.keeps_everything and tap.spool_rounds < rounds:
+        raise ConfigError(f"tap.spool_rounds: a decoding role gathers a client's updates over many rounds, which a tap "
+                          f"policy drops after {tap.spool_rounds}; set it to federation.rounds ({rounds}) or keep every upload")
     try:
         if ":" in config.adversary.role:  # a plug-in: loaded only in a role process of its own
             check_plugin(config.adversary.role, dict(config.adversary.options), role_context(config))

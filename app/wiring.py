@@ -20,13 +20,15 @@ from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
 from adversary.feed import Describe, JobFeed, client_namer, plain_client
+from adversary.jobs import messages_named_by_jobs
 from adversary.malicious.wrapper import malicious_server
 from adversary.progress import PROGRESS_LOG
 from adversary.roles import RoleContext
 from adversary.service import role_faults, start_adversary
 from adversary.tap import TappedGrid
+from adversary.tap_policy import TapPolicy
 from adversary.traffic_writer import TrafficWriter
-from fl_sim.config import AdversaryConfig, RunConfig
+from fl_sim.config import AdversaryConfig, RunConfig, TapConfig
 from fl_sim.node_ids import node_ids_for
 from server.app import StrategyWrapper, make_server_app
 from server.rounds import TrainingResult
@@ -60,12 +62,25 @@ class Session:
 
 @contextlib.contextmanager
 def tapped_session(grid: Grid, run_dir: Path, adversary: AdversaryConfig | None, context: RoleContext, engine: str,
-                   console: Console | None = None, describe: Describe = plain_client) -> Iterator[Session]:
+                   console: Console | None = None, describe: Describe = plain_client,
+                   tap: TapConfig | None = None, seed: int = 0) -> Iterator[Session]:
     """The tap (and the adversary, if a role is configured) around everything the server sends and receives.
 
-    With a ``console``, each attack prints one line when it ends (``describe`` names its client)."""
-    writer = TrafficWriter(run_dir)
+    With a ``console``, each attack prints one line when it ends (``describe`` names its client). With a
+    ``tap`` that does not keep everything, its policy decides whose tensors stay on disk; what attack
+    jobs name is kept whatever it says."""
+    policy = None if tap is None or tap.keeps_everything else TapPolicy.from_config(tap, seed)
     attacker = feed = None
+    finished = False
+
+    def pinned() -> set[int]:
+        """What attack jobs name, once the role has seen every message so far (it may be a round behind)."""
+        if attacker is not None and not finished:
+            attacker.catch_up()
+        return messages_named_by_jobs(run_dir)
+
+    writer = TrafficWriter(run_dir, keep=policy.keeps if policy else None, pinned=pinned,
+                           spool_rounds=tap.spool_rounds if tap else 1)
     try:
         if adversary is not None and adversary.active:
             # Started here, inside the server's main: under Ray the runtime is up by now.
@@ -88,6 +103,7 @@ def tapped_session(grid: Grid, run_dir: Path, adversary: AdversaryConfig | None,
                                   f"(progress: {run_dir / PROGRESS_LOG})", highlight=False, soft_wrap=True)
                     feed.show_progress(run_dir / PROGRESS_LOG)
                 states = attacker.finish(wait)
+                finished = True
                 if feed is not None:
                     feed.stop()
                 if console is not None:
@@ -121,7 +137,7 @@ def server_app_for(config: RunConfig, run_dir: Path | None, *, on_result: Callab
     def around(grid: Grid) -> Iterator[tuple[Grid, StrategyWrapper]]:
         console = Console(stderr=True, quiet=quiet)
         with tapped_session(grid, path, config.adversary, role_context(config), config.engine.name, console,
-                            describe_clients(config)) as session:
+                            describe_clients(config), config.tap, config.seed) as session:
             yield session.grid, _wrapper(config, path, session)
 
     return make_server_app(config, run_dir, around=around, on_result=on_result, quiet=quiet)

@@ -174,9 +174,43 @@ class EvalConfig(_Section):
     every: int = Field(1, ge=1)  # evaluate every k-th round (and always the last): evaluation can cost more than a FedSGD round
 
 
+MESSAGE_TYPES = ("train", "evaluate", "query", "system")  # Flower's; an app may add ".action" suffixes
+
+
 class TapConfig(_Section):
+    """What the tap records. Every message's metadata (sizes, digests, norms, metrics) is always kept;
+    the ``keep_*`` keys choose whose tensors are kept on disk as well (all must agree). The adversary
+    still sees every message's tensors as it happens: those not kept stay readable for ``spool_rounds``
+    rounds after their own, and are kept after all when an attack job names them."""
+
     enabled: bool = True
     ground_truth: bool = True
+    keep_directions: list[Literal["down", "up"]] = Field(default_factory=lambda: ["down", "up"])
+    keep_rounds: list[int] = Field(default_factory=list)  # empty: every round
+    keep_every: int = Field(1, ge=1)  # rounds 1, 1+k, 1+2k, ...
+    keep_message_types: list[str] = Field(default_factory=list)  # empty: every type
+    keep_clients: float = Field(1.0, gt=0, le=1)  # a seeded sample of the clients, this fraction of them
+    spool_rounds: int = Field(1, ge=0, le=1000)
+
+    @field_validator("keep_message_types")
+    @classmethod
+    def _types(cls, value: list[str]) -> list[str]:
+        for kind in value:
+            if kind.split(".", 1)[0] not in MESSAGE_TYPES:
+                raise ValueError(f"must name message types among {', '.join(MESSAGE_TYPES)} (or TYPE.action), got {kind!r}")
+        return value
+
+    @field_validator("keep_rounds")
+    @classmethod
+    def _rounds(cls, value: list[int]) -> list[int]:
+        if any(r < 0 for r in value):
+            raise ValueError(f"must list rounds >= 0, got {value}")
+        return value
+
+    @property
+    def keeps_everything(self) -> bool:
+        return (set(self.keep_directions) == {"down", "up"} and not self.keep_rounds and self.keep_every == 1
+                and not self.keep_message_types and self.keep_clients == 1.0)
 
 
 # Checks of an attack's settings (preset name and overrides) that the adversary registers here, so a

@@ -17,8 +17,8 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from adversary.malicious.record import ManipulationLog
-from adversary.roles.base import ServerAggregate
 from adversary.malicious.server import Broadcast, ServerStrategy, ServerView, build_strategy, server_threat_model
+from adversary.roles.base import ServerAggregate
 from fl_sim.config import RunConfig
 from fl_sim.data import load_dataset
 from fl_sim.rounds import RoundPlan, RoundStrategy, RoundUpdate
