@@ -9,6 +9,7 @@ serialising the content a second time (a test checks it against Flower's seriali
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +80,27 @@ def payload_of_array(array: Array) -> TensorPayload:
     """A Flower Array's tensor; arrays that are not plain ``.npy`` go through Flower's own reader."""
     payload = payload_of_npy(array.data) if array.stype == "numpy.ndarray" else None
     return payload if payload is not None else payload_of_ndarray(array.numpy())
+
+
+class BroadcastPayloads:
+    """The payloads of the arrays a broadcast shares: the same Flower Array handed to a hundred clients
+    is read once. Holds its arrays (so their ids are not reused) up to ``limit`` bytes."""
+
+    def __init__(self, limit: int = 256 << 20) -> None:
+        self._seen: OrderedDict[int, tuple[Array, TensorPayload]] = OrderedDict()
+        self._bytes, self._limit = 0, limit
+
+    def of(self, array: Array) -> TensorPayload:
+        if (hit := self._seen.get(id(array))) is not None and hit[0] is array and hit[1].owner is array.data:
+            self._seen.move_to_end(id(array))
+            return hit[1]
+        payload = payload_of_array(array)
+        self._seen[id(array)] = (array, payload)
+        self._bytes += payload.nbytes
+        while self._bytes > self._limit and len(self._seen) > 1:
+            _, (_, old) = self._seen.popitem(last=False)
+            self._bytes -= old.nbytes
+        return payload
 
 
 # -- the wire size -----------------------------------------------------------

@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.serde import config_record_to_proto, metric_record_to_proto
 from flwr.serverapp import Grid
 
-from adversary.payload import TensorPayload, payload_of_array, payload_of_npy, wire_size
+from adversary.payload import BroadcastPayloads, TensorPayload, payload_of_array, payload_of_npy, wire_size
 from adversary.roles.base import Intercept
 from adversary.traffic_log import OutgoingRecord
 from adversary.traffic_writer import TrafficWriter
@@ -30,13 +30,14 @@ from fl_sim.wire import SERVER_ROUND
 LEGACY_METRICS = ".metrics"  # fitres.metrics, evaluateres.metrics
 
 
-def flatten_content(content: RecordDict) -> tuple[dict[str, TensorPayload], dict[str, Any], dict[str, Any]]:
+def flatten_content(content: RecordDict, arrays: Callable[[Array], TensorPayload] = payload_of_array,
+                    ) -> tuple[dict[str, TensorPayload], dict[str, Any], dict[str, Any]]:
     """Split a RecordDict into ``record/key`` tensors, metrics and config values.
 
     Arrays a ConfigRecord carries as ``.npy`` bytes (SecAgg+ uploads its masked vectors
     as ``secaggplus_configs/masked_params``, a list of them) are also recorded as
     tensors, named ``record/key`` or ``record/key/<index>`` for a list; the config
-    keeps only their byte counts, like any bytes value.
+    keeps only their byte counts, like any bytes value. ``arrays`` reads a Flower Array's payload.
     """
     tensors: dict[str, TensorPayload] = {}
     metrics: dict[str, Any] = {}
@@ -44,7 +45,7 @@ def flatten_content(content: RecordDict) -> tuple[dict[str, TensorPayload], dict
     for rname, record in content.items():
         if isinstance(record, ArrayRecord):
             for key, array in record.items():
-                tensors[f"{rname}/{key}"] = payload_of_array(array)
+                tensors[f"{rname}/{key}"] = arrays(array)
         elif isinstance(record, MetricRecord):
             metrics.update({f"{rname}/{k}": v for k, v in record.items()})
         elif isinstance(record, ConfigRecord) and rname.endswith(LEGACY_METRICS):
@@ -104,6 +105,7 @@ class TappedGrid(Grid):
         self._observe = observe
         self._pull_interval = pull_interval
         self._round_of_request: dict[str, int | None] = {}
+        self._broadcast = BroadcastPayloads()
 
     # -- plain delegation -------------------------------------------------
     def set_run(self, run: Any) -> None:
@@ -152,7 +154,8 @@ class TappedGrid(Grid):
     def _record(self, message: Message, direction: str, *, flower_id: str | None) -> None:
         meta = message.metadata
         if message.has_content():
-            tensors, metrics, config = flatten_content(message.content)
+            reader = self._broadcast.of if direction == "down" else payload_of_array
+            tensors, metrics, config = flatten_content(message.content, reader)
             num_bytes, digest, parts = wire_size(message.content), "", record_digests(message.content)
             error = None
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from fl_sim.config import ConfigError, RunConfig
 from fl_sim.data import DataError, label_histogram
 from fl_sim.deployment import simulation_card
 from fl_sim.devices import DeviceError, resolve_device
-from fl_sim.ground_truth import init_ground_truth
+from fl_sim.ground_truth import ground_truth_held_open
 from fl_sim.models import ModelError
 from fl_sim.rundir import PARTITIONS_JSON, SUMMARY_JSON, create_run_dir, write_json_atomic
 from fl_sim.task import Task, load_task
@@ -107,13 +108,12 @@ def run_simulation(config: RunConfig, *, command: list[str] | None = None, quiet
     task = load_task(config)
     write_deployment_card(config, task, run_dir)
     write_partitions(config, task, run_dir)
-    if config.tap.ground_truth:
-        init_ground_truth(run_dir)
     box: list[TrainingResult] = []
     server_app = server_app_for(config, run_dir, on_result=box.append, quiet=quiet)
     client_app = make_client_app(config, run_dir)
     start = time.perf_counter()
-    run_engine(server_app, client_app, config)
+    with ground_truth_held_open(run_dir) if config.tap.ground_truth else contextlib.nullcontext():
+        run_engine(server_app, client_app, config)
     wall = time.perf_counter() - start
     if not box:
         raise RuntimeError("the server finished without a result; see the log above")

@@ -2,14 +2,15 @@
 
 Each rule takes the global shared state and the examples-weighted mean of what the
 counted clients sent, and returns the next global shared state. Means are
-accumulated in float64 so the order of replies barely matters. Tensors the
-global model does not have (a malicious server's inserted block) are ignored.
+accumulated in float64 so the order of replies barely matters, one reply at a
+time (:class:`RunningMean`), so a round never holds every client's model at once.
+Tensors the global model does not have (a malicious server's inserted block) are
+ignored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 from flwr.app import RecordDict
@@ -21,34 +22,33 @@ from fl_sim.wire import ARRAYS, BUFFERS
 State = dict[str, torch.Tensor]
 
 
-@dataclass(frozen=True)
-class Reply:
-    content: RecordDict
-    num_examples: int
+class RunningMean:
+    """The examples-weighted float64 mean of the replies' ``arrays`` and, when every counted reply
+    sent them, ``buffers``; each reply is folded in as it arrives and can then be dropped."""
 
+    def __init__(self) -> None:
+        self.total = 0
+        self._sums: dict[str, State] = {ARRAYS: {}, BUFFERS: {}}
+        self._all_buffers = True
 
-def weighted_mean(replies: Sequence[Reply], record: str) -> State:
-    """Examples-weighted float64 mean of one record over the replies that trained on something."""
-    counted = [r for r in replies if r.num_examples > 0]  # a refusing client (e.g. its vetting defense) adds nothing
-    total = sum(r.num_examples for r in counted)
-    if total <= 0:
-        raise ValueError("aggregation: clients reported no examples")
-    acc: dict[str, torch.Tensor] = {}
-    for reply in counted:
-        weight = reply.num_examples / total
-        for key, value in reply.content[record].to_torch_state_dict().items():
-            term = value.to(torch.float64) * weight
-            acc[key] = acc[key] + term if key in acc else term
-    return acc
+    def add(self, content: RecordDict, num_examples: int) -> None:
+        if num_examples <= 0:  # a refusing client (e.g. its vetting defense) adds nothing
+            return
+        self.total += num_examples
+        self._all_buffers = self._all_buffers and BUFFERS in content
+        for record in (ARRAYS, BUFFERS):
+            if record not in content:
+                continue
+            sums = self._sums[record]
+            for key, value in content[record].to_torch_state_dict().items():
+                term = value.to(torch.float64) * num_examples
+                sums[key] = sums[key].add_(term) if key in sums else term
 
-
-def replies_mean(replies: Sequence[Reply]) -> State:
-    """The mean of the replies' ``arrays`` and, when every counted reply sent them, ``buffers``."""
-    mean = weighted_mean(replies, ARRAYS)
-    counted = [r for r in replies if r.num_examples > 0]
-    if all(BUFFERS in r.content for r in counted):
-        mean.update(weighted_mean(counted, BUFFERS))
-    return mean
+    def mean(self) -> State:
+        if self.total <= 0:
+            raise ValueError("aggregation: clients reported no examples")
+        records = (ARRAYS, BUFFERS) if self._all_buffers else (ARRAYS,)
+        return {k: v / self.total for record in records for k, v in self._sums[record].items()}
 
 
 def _cast_like(new: State, like: State) -> State:

@@ -8,6 +8,7 @@ runs under the Ray engine and the inline engine.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
@@ -18,7 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from fl_sim.config import RunConfig
 from fl_sim.rounds import RoundPlan, RoundStrategy, RoundUpdate
 from fl_sim.wire import ARRAYS, COMPUTE_S, CONFIG, METRICS, NUM_EXAMPLES, TRAIN_LOSS
-from server.aggregation import Reply, replies_mean
+from server.aggregation import RunningMean
 from server.rounds import (
     ClientFailure,
     RoundLog,
@@ -42,32 +43,47 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float = 120.0) -> list[in
         time.sleep(0.1)
 
 
-def _replies(messages: list[Message], expected: int) -> list[Reply]:
-    if len(messages) < expected:
-        raise ClientFailure(f"only {len(messages)} of {expected} clients answered")
-    out = []
-    for msg in messages:
-        if msg.has_error():
-            raise ClientFailure(f"client {msg.metadata.src_node_id} failed: {msg.error.reason}")
-        out.append(Reply(msg.content, int(msg.content[METRICS][NUM_EXAMPLES])))
-    return out
+PULL_CHUNK = 4  # replies pulled (and, inline, clients run) at a time: a round holds a few models, not all
+
+
+def _gather(grid: Grid, messages: list[Message], on_reply: Callable[[Message], None]) -> None:
+    """Send ``messages`` and hand each reply to ``on_reply`` as it arrives, a few at a time, so
+    the replies need not all be in memory at once (Grid.send_and_receive returns them together)."""
+    pending = list(grid.push_messages(messages))
+    answered = 0
+    while pending:
+        got = list(grid.pull_messages(pending[:PULL_CHUNK]))
+        done = {reply.metadata.reply_to_message_id for reply in got}
+        for reply in got:
+            if reply.has_error():
+                raise ClientFailure(f"client {reply.metadata.src_node_id} failed: {reply.error.reason}")
+            on_reply(reply)
+        answered += len(got)
+        pending = [mid for mid in pending if mid not in done]
+        if not got:
+            time.sleep(0.02)
+    if answered < len(messages):
+        raise ClientFailure(f"only {answered} of {len(messages)} clients answered")
 
 
 def _messages(plan: RoundPlan, nodes: list[int], rnd: int, message_type: str) -> list[Message]:
-    messages = []
-    for node in nodes:
-        content = RecordDict({ARRAYS: ArrayRecord({k: v.contiguous() for k, v in plan.tensors.items()}),
-                              CONFIG: ConfigRecord(dict(plan.config))})
-        messages.append(Message(content=content, dst_node_id=node, message_type=message_type, group_id=str(rnd)))
-    return messages
+    """One content for every client (as Flower's strategies do): the model is serialised once a round."""
+    content = RecordDict({ARRAYS: ArrayRecord({k: v.contiguous() for k, v in plan.tensors.items()}),
+                          CONFIG: ConfigRecord(dict(plan.config))})
+    return [Message(content=content, dst_node_id=node, message_type=message_type, group_id=str(rnd)) for node in nodes]
+
+
+def _examples(reply: Message) -> int:
+    return int(reply.content[METRICS][NUM_EXAMPLES])
 
 
 def _evaluate(grid: Grid, strategy: RoundStrategy, nodes: list[int], rnd: int) -> tuple[float, float]:
     plan = strategy.configure_evaluate(rnd)
     if plan is None:
         return strategy.evaluate_global()
-    replies = _replies(list(grid.send_and_receive(_messages(plan, nodes, rnd, "evaluate"))), len(nodes))
-    return mean_eval((r.content[METRICS], r.num_examples) for r in replies)
+    results: list[tuple[dict, int]] = []
+    _gather(grid, _messages(plan, nodes, rnd, "evaluate"), lambda r: results.append((dict(r.content[METRICS]), _examples(r))))
+    return mean_eval(results)
 
 
 def run_rounds(config: RunConfig, grid: Grid, strategy: RoundStrategy, run_dir: Path | None,
@@ -92,21 +108,28 @@ def run_rounds(config: RunConfig, grid: Grid, strategy: RoundStrategy, run_dir: 
             start = time.perf_counter()
             sampled = sample_clients(config.seed, rnd, nodes, fed.sampled_per_round)
             plan = strategy.configure_train(rnd)
-            replies = _replies(list(grid.send_and_receive(_messages(plan, sampled, rnd, "train"))), len(sampled))
-            total = sum(r.num_examples for r in replies)
-            strategy.aggregate_train(RoundUpdate(rnd, replies_mean(replies) if total else {}, total, tuple(sampled),
+            mean, losses, compute = RunningMean(), [], []
+
+            def fold(reply: Message) -> None:
+                metrics, examples = reply.content[METRICS], _examples(reply)
+                mean.add(reply.content, examples)
+                losses.append((float(metrics[TRAIN_LOSS]), examples))
+                compute.append(float(metrics[COMPUTE_S]))
+
+            _gather(grid, _messages(plan, sampled, rnd, "train"), fold)
+            strategy.aggregate_train(RoundUpdate(rnd, mean.mean() if mean.total else {}, mean.total, tuple(sampled),
                                                  fed.protocol))
             eval_start = time.perf_counter()
             eval_loss, eval_acc = _evaluate(grid, strategy, nodes, rnd) if evaluated_in(config, rnd) else (None, None)
             eval_s = elapsed(eval_start)
             log.record(RoundStats(
                 round=rnd,
-                clients=len(replies),
-                train_loss=mean_train_loss((float(r.content[METRICS][TRAIN_LOSS]), r.num_examples) for r in replies),
+                clients=len(losses),
+                train_loss=mean_train_loss(losses),
                 eval_loss=eval_loss,
                 eval_acc=eval_acc,
                 wall_s=elapsed(start),
-                client_compute_s=sum(float(r.content[METRICS][COMPUTE_S]) for r in replies),
+                client_compute_s=sum(compute),
                 eval_s=eval_s,
             ))
             progress.update(bar, advance=1, description=f"acc {eval_acc:.2%}" if eval_acc is not None else "")

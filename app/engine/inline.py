@@ -79,12 +79,13 @@ class InlineGrid(Grid):
             if message.metadata.dst_node_id not in self._contexts:
                 raise ValueError(f"unknown destination node {message.metadata.dst_node_id}")
             message.metadata.__dict__["_message_id"] = self._new_id()
-            self._inbox[message.metadata.message_id] = _copy(message)
+            self._inbox[message.metadata.message_id] = message  # copied as it is delivered: one model at a time
             ids.append(message.metadata.message_id)
         return ids
 
     def _deliver(self, message: Message) -> Message:
         node = message.metadata.dst_node_id
+        message = _copy(message)
         try:
             reply = self._client_app(message, self._contexts[node])
         except Exception as exc:  # a client crash becomes an error reply, as in Flower
