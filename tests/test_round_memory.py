@@ -56,10 +56,9 @@ def _task_identity():
 class _Grid:
     """Answers pulls a chunk at a time, like the inline engine; counts replies alive at once."""
 
-    def __init__(self, fail: int | None = None) -> None:
-        self.inbox: dict[str, Message] = {}
+    def __init__(self) -> None:
+        self.inbox: dict[str, object] = {}
         self.most_pulled = 0
-        self.fail = fail
 
     def push_messages(self, messages):
         ids = []
