@@ -26,6 +26,7 @@ from typing import Any
 
 import ray
 import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from adversary.decode_job import run_decode_job
 from adversary.job import run_job
@@ -318,9 +319,12 @@ class RayAdversary:
     def __init__(self, run_dir: str, config: AdversaryConfig, context: RoleContext, sys_path: list[str]) -> None:
         _, actor_cls = _ray_classes()
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        worker_options: dict[str, Any] = {"num_cpus": config.worker_cpus, "num_gpus": 1 if gpus >= 1 else 0}
+        # attack workers spread over the cluster's nodes; the role and its job book stay on the driver's node
+        worker_options: dict[str, Any] = {"num_cpus": config.worker_cpus, "num_gpus": 1 if gpus >= 1 else 0,
+                                          "scheduling_strategy": "SPREAD"}
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         self.run_dir = run_dir
-        self.actor = actor_cls.options(name=ACTOR_NAME, get_if_exists=False).remote(
+        self.actor = actor_cls.options(name=ACTOR_NAME, get_if_exists=False, scheduling_strategy=here).remote(
             run_dir, config.model_dump_json(), context, worker_options, config.workers or max(1, gpus), sys_path
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -127,3 +128,69 @@ def test_run_against_an_existing_ray_cluster(tmp_path: Path) -> None:
         assert {j.state for j in JobBook(run_dir).jobs()} == {"done"}
     finally:
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def _ray_processes() -> set[tuple[str, str]]:
+    """(process title, the raylet it belongs to) of every Ray worker process on this machine: on one
+    machine, a node is a raylet, and each worker's environment names its raylet."""
+    seen = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            if not title.startswith("ray::"):
+                continue
+            env = dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
+        except OSError:
+            continue
+        seen.add((title.split()[0].split(".")[0], env.get(b"RAY_RAYLET_PID", b"?").decode()))
+    return seen
+
+
+@pytest.mark.slow
+def test_a_two_node_cluster_spreads_clients_and_attack_workers_and_agrees_with_one_node(tmp_path: Path) -> None:
+    """A head and a worker node (`ray start` twice on loopback, a CPU each): Flower's clients and the attack
+    workers run on both, the role's actor on the driver's node, and the weights are those of one node."""
+    import time
+
+    from adversary.jobs import JobBook
+    from app.netguard import OFFLINE_ENV
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "ray_bootstrap_config.yaml").write_text("provider:\n  type: local\n")
+    # the offline environment turns multi-node clusters off (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0); a worker node needs it on
+    env = {k: v for k, v in {**os.environ, **OFFLINE_ENV, "HOME": str(home)}.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    address = "127.0.0.1:6393"
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"]
+    head = [ray_bin, "start", "--head", "--port", "6393", *common, "--resources", '{"head_node": 1}',
+            "--include-dashboard", "false"]
+    worker = [ray_bin, "start", "--address", address, *common, "--resources", '{"worker_node": 1}']
+    try:
+        subprocess.run(head, check=True, capture_output=True, env=env, timeout=180)
+        subprocess.run(worker, check=True, capture_output=True, env=env, timeout=180)
+        settings = (f"engine.ray_address={address}", "adversary.role=curious-server", "adversary.attack.iterations=5",
+                    "adversary.workers=2", "federation.protocol=fedsgd", "federation.batch_size=1")
+        proc = subprocess.Popen(_cli_command(tmp_path / "cluster", *settings), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+        seen: set[tuple[str, str]] = set()
+        while proc.poll() is None:
+            seen |= _ray_processes()
+            time.sleep(0.2)
+        out, err = proc.communicate()
+        assert proc.returncode == 0, out[-3000:] + err[-3000:]
+        run_dir = Path(re.search(r"run directory: (\S+)", out).group(1))
+        jobs = JobBook(run_dir).jobs()
+        assert len(jobs) == 4 and {j.state for j in jobs} == {"done"}
+        nodes = {title: {raylet for t, raylet in seen if t == title} for title, _ in seen}
+        assert len(nodes.get("ray::ClientAppActor", ())) == 2, seen
+        assert len(nodes.get("ray::AttackWorker", ())) == 2, seen
+        assert len(nodes.get("ray::AdversaryActor", ())) == 1, seen
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=180)
+    one_node = run_simulation(tiny_config(tmp_path / "inline", "federation.num_clients=2", "federation.protocol=fedsgd",
+                                          "federation.batch_size=1"))
+    a, b = load_file(str(run_dir / FINAL_WEIGHTS)), load_file(str(one_node.run_dir / FINAL_WEIGHTS))
+    assert set(a) == set(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
