@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -21,6 +22,7 @@ from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 from adversary.tensor_store import STORED_KINDS
 
+V = TypeVar("V")
 _NPY_MAGIC = b"\x93NUMPY"
 _HEADER_PEEK = 65_536  # npy headers are padded to a few hundred bytes; anything longer is not ours to parse
 
@@ -82,25 +84,41 @@ def payload_of_array(array: Array) -> TensorPayload:
     return payload if payload is not None else payload_of_ndarray(array.numpy())
 
 
-class BroadcastPayloads:
-    """The payloads of the arrays a broadcast shares: the same Flower Array handed to a hundred clients
-    is read once. Holds its arrays (so their ids are not reused) up to ``limit`` bytes."""
+class ByIdentity(Generic[V]):
+    """Values computed from immutable bytes, remembered by the identity of those bytes (the same
+    broadcast handed to a hundred clients is worked on once). It holds the bytes it remembers, so an
+    id is not reused while it is remembered; least recently used first out past ``limit`` bytes."""
 
     def __init__(self, limit: int = 256 << 20) -> None:
-        self._seen: OrderedDict[int, tuple[Array, TensorPayload]] = OrderedDict()
+        self._seen: OrderedDict[int, tuple[bytes, V]] = OrderedDict()
         self._bytes, self._limit = 0, limit
 
-    def of(self, array: Array) -> TensorPayload:
-        if (hit := self._seen.get(id(array))) is not None and hit[0] is array and hit[1].owner is array.data:
-            self._seen.move_to_end(id(array))
+    def get(self, owner: bytes) -> V | None:
+        if (hit := self._seen.get(id(owner))) is not None and hit[0] is owner:
+            self._seen.move_to_end(id(owner))
             return hit[1]
-        payload = payload_of_array(array)
-        self._seen[id(array)] = (array, payload)
-        self._bytes += payload.nbytes
+        return None
+
+    def put(self, owner: bytes, value: V) -> V:
+        self._seen[id(owner)] = (owner, value)
+        self._bytes += len(owner)
         while self._bytes > self._limit and len(self._seen) > 1:
-            _, (_, old) = self._seen.popitem(last=False)
-            self._bytes -= old.nbytes
-        return payload
+            _, (old, _) = self._seen.popitem(last=False)
+            self._bytes -= len(old)
+        return value
+
+
+class BroadcastPayloads:
+    """The payloads of the arrays a broadcast shares: the same Flower Array bytes are read once."""
+
+    def __init__(self, limit: int = 256 << 20) -> None:
+        self._seen: ByIdentity[TensorPayload] = ByIdentity(limit)
+
+    def of(self, array: Array) -> TensorPayload:
+        if isinstance(array.data, bytes) and (hit := self._seen.get(array.data)) is not None:
+            return hit
+        payload = payload_of_array(array)
+        return self._seen.put(payload.owner, payload) if payload.owner is not None else payload
 
 
 # -- the wire size -----------------------------------------------------------

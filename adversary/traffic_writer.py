@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from adversary.payload import TensorPayload, payload_of_ndarray
+from adversary.payload import ByIdentity, TensorPayload, payload_of_ndarray
 from adversary.tensor_store import PackReader, PackWriter, SpoolWriter, digest_of
 from adversary.traffic_log import (
     DIRECTIONS,
@@ -80,23 +80,15 @@ class _Digests:
     (the same broadcast model handed to a hundred clients is hashed once), and their norms."""
 
     def __init__(self) -> None:
-        self._by_owner: OrderedDict[int, tuple[bytes, str]] = OrderedDict()
-        self._bytes = 0
+        self._by_owner: ByIdentity[str] = ByIdentity(_SHARED_CACHE_BYTES)
         self._norms: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def digest(self, payload: TensorPayload, remember: bool) -> str:
         owner = payload.owner
-        if owner is not None and (hit := self._by_owner.get(id(owner))) is not None and hit[0] is owner:
-            self._by_owner.move_to_end(id(owner))
-            return hit[1]
+        if owner is not None and (hit := self._by_owner.get(owner)) is not None:
+            return hit
         digest = digest_of(payload.data)
-        if owner is not None and remember:
-            self._by_owner[id(owner)] = (owner, digest)  # held, so the id is not reused while remembered
-            self._bytes += len(owner)
-            while self._bytes > _SHARED_CACHE_BYTES and len(self._by_owner) > 1:
-                _, (old, _) = self._by_owner.popitem(last=False)
-                self._bytes -= len(old)
-        return digest
+        return self._by_owner.put(owner, digest) if owner is not None and remember else digest
 
     def norm(self, payload: TensorPayload, digest: str) -> float:
         key = (digest, payload.dtype)
