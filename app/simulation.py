@@ -17,7 +17,7 @@ from adversary.malicious.wrapper import strategy_from_config
 from adversary.role_process import check_plugin
 from adversary.roles import RoleError, check_role
 from adversary.service import role_faults, role_process_note
-from app.engine import run_engine
+from app.engine import ground_truth_sink, run_engine
 from app.wiring import role_context, server_app_for
 from clients.app import make_client_app
 from clients.defenses import build_defenses, public_encoding
@@ -110,10 +110,11 @@ def run_simulation(config: RunConfig, *, command: list[str] | None = None, quiet
     write_partitions(config, task, run_dir)
     box: list[TrainingResult] = []
     server_app = server_app_for(config, run_dir, on_result=box.append, quiet=quiet)
-    client_app = make_client_app(config, run_dir)
+    truth = ground_truth_sink(config, run_dir)
+    client_app = make_client_app(config, truth)
     start = time.perf_counter()
-    with ground_truth_held_open(run_dir) if config.tap.ground_truth else contextlib.nullcontext():
-        run_engine(server_app, client_app, config)
+    with ground_truth_held_open(run_dir) if truth is not None else contextlib.nullcontext():
+        run_engine(server_app, client_app, config, truth)
     wall = time.perf_counter() - start
     if not box:
         raise RuntimeError("the server finished without a result; see the log above")

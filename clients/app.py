@@ -22,13 +22,11 @@ the update transforms on the outgoing update (FedSGD: the gradients; FedAvg: the
 delta ``new - received`` of the trained parameters, sent as ``received + delta``
 or as the delta with ``upload="delta"``). Buffers (e.g. BN running statistics)
 are not transformed. Encoding keys and encoded images go to the ground-truth
-sidecar only; the reply's metrics carry ``defense-s`` (seconds spent in defenses)
+sidecar only (handed to the run's :class:`~fl_sim.ground_truth.GroundTruthSink`); the reply's metrics carry ``defense-s`` (seconds spent in defenses)
 and what defenses report (``dp-epsilon``).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -36,23 +34,24 @@ from flwr.clientapp import ClientApp
 from clients.runtime import client_runtime
 from clients.secagg import make_secagg_client_app
 from fl_sim.config import RunConfig
+from fl_sim.ground_truth import GroundTruthSink
 
 
-def make_client_app(config: RunConfig, run_dir: str | Path | None) -> ClientApp:
-    """A ClientApp bound to a run; picklable, so Ray actors can rebuild it.
+def make_client_app(config: RunConfig, truth: GroundTruthSink | None) -> ClientApp:
+    """A ClientApp bound to a run, handing its private batches to ``truth``; picklable, so Ray actors can
+    rebuild it.
 
     With ``federation.secagg`` it is the legacy SecAgg+ app of :mod:`clients.secagg`."""
     if config.federation.secagg:
-        return make_secagg_client_app(config, run_dir)
-    run_path = Path(run_dir).resolve() if run_dir is not None else None
+        return make_secagg_client_app(config, truth)
     app = ClientApp()
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        return client_runtime(config, run_path).train(message, context)
+        return client_runtime(config, truth).train(message, context)
 
     @app.evaluate()
     def evaluate_(message: Message, context: Context) -> Message:
-        return client_runtime(config, run_path).evaluate(message, context)
+        return client_runtime(config, truth).evaluate(message, context)
 
     return app

@@ -39,6 +39,7 @@ from clients.secagg_peers import run_client_round
 from fl_sim.config import RunConfig
 from fl_sim.wire import METRICS, NUM_EXAMPLES, SERVER_ROUND
 
+
 @dataclass(frozen=True)
 class Overhead:
     ratio: float  # median over pairs of defended / plain CPU seconds per client round

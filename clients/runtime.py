@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from torch import nn
 from clients.defenses import EncodeContext, RoundContext, RoundDefenses, VetContext, VetReport, build_defenses
 from clients.training import LocalResult, fedavg_steps, fedsgd_step, sample_batches
 from fl_sim.config import RunConfig
-from fl_sim.ground_truth import record_private_batch
+from fl_sim.ground_truth import BatchRecord, GroundTruthSink
 from fl_sim.models.server_defined import ARCHITECTURE_KEY, apply_architecture
 from fl_sim.task import Task, evaluate_model, load_task
 from fl_sim.wire import (
@@ -59,9 +58,9 @@ def _keep_local(task: Task, model: nn.Module, context: Context) -> None:
 class ClientRuntime:
     """Per-process client machinery; one instance serves every node of that process."""
 
-    def __init__(self, config: RunConfig, run_dir: Path | None) -> None:
+    def __init__(self, config: RunConfig, truth: GroundTruthSink | None) -> None:
         self.config = config
-        self.run_dir = run_dir
+        self.truth = truth
         self.task = load_task(config)
         self.model = self.task.new_model()
         self.initial = {k: v.clone() for k, v in self.model.state_dict().items()}
@@ -257,10 +256,9 @@ class ClientRuntime:
         return loss, acc, len(y)
 
     def _record_ground_truth(self, instruction_id: str, context: Context, partition: int, rnd: int, result: LocalResult) -> None:
-        if self.run_dir is None or not self.config.tap.ground_truth:
+        if self.truth is None or not self.config.tap.ground_truth:
             return
-        record_private_batch(
-            self.run_dir,
+        self.truth(BatchRecord(
             instruction_id=instruction_id,
             node_id=context.node_id,
             partition_id=partition,
@@ -271,16 +269,16 @@ class ClientRuntime:
                 "lr": self.config.federation.lr,
                 "defenses": [d.model_dump(mode="json") for d in self.config.defenses if d.applies_to(partition)],
             },
-        )
+        ))
 
 
 _RUNTIMES: dict[str, ClientRuntime] = {}
 
 
-def client_runtime(config: RunConfig, run_dir: Path | None) -> ClientRuntime:
+def client_runtime(config: RunConfig, truth: GroundTruthSink | None) -> ClientRuntime:
     """This process's runtime for the run (rebuilt when the run changes)."""
-    key = config.model_dump_json() + str(run_dir)
+    key = config.model_dump_json() + (truth.key if truth is not None else "")
     if key not in _RUNTIMES:
         _RUNTIMES.clear()
-        _RUNTIMES[key] = ClientRuntime(config, run_dir)
+        _RUNTIMES[key] = ClientRuntime(config, truth)
     return _RUNTIMES[key]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +34,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from clients.runtime import ClientRuntime, client_runtime
 from fl_sim.config import RunConfig
+from fl_sim.ground_truth import GroundTruthSink
 from fl_sim.models.server_defined import ARCHITECTURE_KEY, apply_architecture, inserted_keys
 from fl_sim.wire import ARRAYS, BUFFERS, EVAL_ACC, EVAL_LOSS, METRICS, NUM_EXAMPLES, SERVER_ROUND
 
@@ -123,7 +123,6 @@ def legacy_client_app(runtime: Callable[[], ClientRuntime], *, secure: bool = Tr
     return ClientApp(client_fn=client_fn, mods=[instruction_id_mod, *([secaggplus_mod] if secure else [])])
 
 
-def make_secagg_client_app(config: RunConfig, run_dir: str | Path | None) -> ClientApp:
+def make_secagg_client_app(config: RunConfig, truth: GroundTruthSink | None) -> ClientApp:
     """The SecAgg+ ClientApp of a run: this process's runtime behind ``secaggplus_mod``."""
-    run_path = Path(run_dir).resolve() if run_dir is not None else None
-    return legacy_client_app(lambda: client_runtime(config, run_path))
+    return legacy_client_app(lambda: client_runtime(config, truth))

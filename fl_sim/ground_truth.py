@@ -1,7 +1,9 @@
 """The ground-truth sidecar: the private data behind each client reply.
 
 FOR EVALUATION ONLY. It lives apart from the traffic log (``ground_truth/``),
-written by the clients themselves, so that the attacker-side API
+handed over by the clients through a :class:`GroundTruthSink` (written in place where
+the client runs on the driver's machine, sent to the driver's node under Ray), so
+that only the driver's node writes the run directory, and the attacker-side API
 (:class:`adversary.traffic_log.TrafficLog`) never touches it. Entries are keyed
 by the id of the server instruction a client answered, which is the reply's
 ``reply_to`` in the traffic log.
@@ -22,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -112,6 +114,46 @@ def record_private_batch(
             )
     finally:
         conn.close()
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One reply's private data as its client hands it over (to be written by the driver's node)."""
+
+    instruction_id: str
+    node_id: int
+    partition_id: int
+    round: int | None
+    steps: list[dict[str, np.ndarray]]
+    extra: dict[str, Any]
+
+
+class GroundTruthSink(Protocol):
+    """Where clients hand their private batches; returns once the record is committed, so a reply never
+    exists without its ground truth. ``key`` names the destination (a client process keeps one runtime per run)."""
+
+    key: str
+
+    def __call__(self, record: BatchRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class SidecarWriter:
+    """The sink of a client that runs on the driver's machine: the record goes straight into the sidecar."""
+
+    run_dir: Path
+
+    @property
+    def key(self) -> str:
+        return str(self.run_dir)
+
+    def __call__(self, record: BatchRecord) -> None:
+        write_record(self.run_dir, record)
+
+
+def write_record(run_dir: str | Path, record: BatchRecord) -> None:
+    record_private_batch(run_dir, instruction_id=record.instruction_id, node_id=record.node_id,
+                         partition_id=record.partition_id, round=record.round, steps=record.steps, extra=record.extra)
 
 
 @dataclass(frozen=True)

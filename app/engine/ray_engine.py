@@ -17,8 +17,10 @@ from flwr.server.superlink.linkstate import in_memory_linkstate as linkstate
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
+from app.engine.truth_desk import DriverSink, serving
 from app.netguard import LOOPBACK, apply_offline_env, ray_environment
 from fl_sim.config import EngineConfig
+from fl_sim.ground_truth import GroundTruthSink
 from fl_sim.node_ids import draw_id, node_ids_for
 from fl_sim.reaper import Reaper
 
@@ -32,7 +34,11 @@ def init_ray_local(num_cpus: int | None = None, num_gpus: int | None = None, add
         return
     # Workers must import what the driver can (a user's app directory, say), as Flower
     # arranges when it starts Ray itself.
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
+    # So must their torch threads be set on a cluster's other nodes, whose processes do not inherit the driver's environment.
+    env_vars = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    if os.environ.get("FL_SIM_WORKER_THREADS"):
+        env_vars["FL_SIM_WORKER_THREADS"] = os.environ["FL_SIM_WORKER_THREADS"]
+    runtime_env = {"env_vars": env_vars}
     with ray_environment():
         if address:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False, runtime_env=runtime_env)
@@ -82,7 +88,9 @@ def seeded_node_ids(seed: int, num_nodes: int) -> Iterator[None]:
         setattr(linkstate, FLOWER_ID_FUNCTION, original)
 
 
-def run_ray(server_app: ServerApp, client_app: ClientApp, num_nodes: int, engine: EngineConfig, seed: int) -> None:
+def run_ray(server_app: ServerApp, client_app: ClientApp, num_nodes: int, engine: EngineConfig, seed: int,
+            truth: GroundTruthSink | None = None) -> None:
+    """``truth``: the clients' sink; a :class:`DriverSink`'s desk runs on this node while the simulation does."""
     apply_offline_env()
     # Client processes share this machine: one torch thread each avoids oversubscription.
     os.environ.setdefault("FL_SIM_WORKER_THREADS", "1")
@@ -90,7 +98,8 @@ def run_ray(server_app: ServerApp, client_app: ClientApp, num_nodes: int, engine
     reaper = Reaper() if not engine.ray_address and not ray.is_initialized() else None
     try:
         init_ray_local(num_cpus=engine.ray_num_cpus or os.cpu_count(), address=engine.ray_address)
-        _simulate(server_app, client_app, num_nodes, engine, seed)
+        with serving(truth) if isinstance(truth, DriverSink) else contextlib.nullcontext():
+            _simulate(server_app, client_app, num_nodes, engine, seed)
     finally:
         if reaper is not None:
             reaper.stop()
