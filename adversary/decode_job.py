@@ -35,7 +35,7 @@ from torch import Tensor
 from adversary.decode import decode_with_keys, decode_without_keys, estimate_private_images
 from adversary.decode_evaluation import DecodeEvaluator, check_key_grant
 from adversary.evaluation import Evaluator, GrantError, threat_model_for
-from adversary.job import DEFAULT_PRESET, AttackOutcome, Progress, prepare_attack
+from adversary.job import DEFAULT_PRESET, AttackOutcome, Execution, LocalExecution, Progress, prepare_attack
 from adversary.observation import Observation, ObservationError, build_observation
 from adversary.outputs import METRICS_JSON, attack_dir, save_grid, write_attack_outputs, write_json
 from adversary.progress import PROGRESS_LOG, ProgressLog
@@ -43,7 +43,6 @@ from adversary.roles.base import DECODERS, AttackTarget, RoleError, check_decode
 from adversary.statement import AuditStatement
 from adversary.traffic_log import TrafficLog
 from fl_sim.deployment import DeploymentCard, load_card
-from fl_sim.devices import resolve_device
 from fl_sim.threat import ThreatModel
 
 ENCODINGS = "encodings.safetensors"
@@ -119,9 +118,11 @@ def gather_observations(log: TrafficLog, card: DeploymentCard, messages: tuple[i
 
 def invert_updates(observations: list[Observation], evaluator: Evaluator, preset: str, overrides: dict[str, Any] | None,
                    threat: dict[str, Any] | None, *, decoders: tuple[str, ...], run_dir: Path,
-                   progress: Progress | None = None, echo: TextIO | None = None, device: str = "auto") -> Inverted:
-    """Attack every gathered update; refused before the first runs when a decoder's grant is missing."""
-    where = resolve_device(device)
+                   progress: Progress | None = None, echo: TextIO | None = None, device: str = "auto",
+                   execution: Execution | None = None) -> Inverted:
+    """Attack every gathered update; refused before the first runs when a decoder's grant is missing.
+    ``execution``: where the optimisations run (else in this process, on ``device``)."""
+    execution = execution or LocalExecution(device)
     threat_model = threat_model_for(observations[0], threat)
     if "keys" in decoders:
         check_key_grant(evaluator, threat_model)
@@ -135,7 +136,7 @@ def invert_updates(observations: list[Observation], evaluator: Evaluator, preset
         name = prepared.method.name
         logged = ProgressLog(run_dir / PROGRESS_LOG, f"decode c{obs.client} update {i}/{len(observations)} msg {obs.message}",
                              prepared.method.total_iterations, echo=echo, inner=progress)
-        recon = prepared.run(logged, where)
+        recon, _ = execution(prepared, logged)
         rows.append(obs.unsigned(recon.images).clamp(0, 1))
         objectives.append(float(recon.info.get("objective", float("nan"))))
         threat_model = prepared.threat_model  # as the attack states it (a label strategy implies its grant)
@@ -196,6 +197,7 @@ def run_decode_job(
     warn: Callable[[str], None] | None = None,
     echo: TextIO | None = None,
     device: str = "auto",
+    execution: Execution | None = None,
 ) -> AttackOutcome:
     """Invert ``target``'s updates once, decode them with each of its decoders and write one attack folder
     per decoder; the outcome is the first decoder's, the others' summaries under ``decoders``."""
@@ -209,7 +211,8 @@ def run_decode_job(
         observations = gather_observations(log, card, target.messages)
     evaluator = Evaluator.open(run_dir)
     inverted = invert_updates(observations, evaluator, preset, attack_overrides, threat, decoders=target.decode,
-                              run_dir=run_dir, progress=progress, echo=echo, device=device)
+                              run_dir=run_dir, progress=progress, echo=echo, device=device,
+                              execution=execution)
     scorer = DecodeEvaluator(evaluator, observations)
     unsign = observations[0].unsigned
     order = scorer.row_order(inverted.rows, unsign) if scorer.has_truth else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import torch
 
@@ -72,8 +72,30 @@ class PreparedAttack:
 
     def run(self, progress: Progress | None, device: torch.device) -> Reconstruction:
         """On ``device`` where the method gains from it (else the CPU); the result back on the CPU."""
-        where = device if self.method.accelerated else resolve_device("cpu")
+        where = self.where(device)
         return self.method.run(self.obs, self.inputs.to(where), self.threat_model, progress).cpu()
+
+    def where(self, device: torch.device) -> torch.device:
+        return device if self.method.accelerated else resolve_device("cpu")
+
+
+class Execution(Protocol):
+    """Runs a prepared attack's optimisation somewhere (this process, a Ray worker on another node): the
+    reconstruction and the label of the device it ran on. Everything before and after it (reading the run
+    directory, granting, scoring, writing) stays with the job."""
+
+    def __call__(self, prepared: PreparedAttack, progress: Progress | None) -> tuple[Reconstruction, str]: ...
+
+
+@dataclass(frozen=True)
+class LocalExecution:
+    """In this process, on ``device`` (``auto``: this process's GPU if it has one)."""
+
+    device: str = "auto"
+
+    def __call__(self, prepared: PreparedAttack, progress: Progress | None) -> tuple[Reconstruction, str]:
+        where = prepared.where(resolve_device(self.device))
+        return prepared.run(progress, where), device_label(where)
 
 
 def prepare_attack(obs: Observation, evaluator: Evaluator, name: str, preset: str, overrides: dict[str, Any] | None,
@@ -108,6 +130,7 @@ def run_job(
     warn: Callable[[str], None] | None = None,
     echo: TextIO | None = None,
     device: str = "auto",
+    execution: Execution | None = None,
 ) -> AttackOutcome:
     """Attack one target (a client update, an aggregate, a malicious server's recovery) and write its outputs.
 
@@ -119,9 +142,10 @@ def run_job(
     attacker's model of the client is replayed on the true batch where one is known (the recipe check);
     ``warn`` hears when it is wrong. Progress lines go to ``RUN_DIR/attacks.log`` and ``echo``.
     ``device``: where an optimisation attack runs (``auto``: this process's GPU if it has one); the
-    inputs are built, and the result scored, on the CPU."""
+    inputs are built, and the result scored, on the CPU. ``execution``: where else it runs (a Ray worker:
+    the rest of the job stays in this process, which alone reads and writes the run directory)."""
     run_dir = Path(run_dir)
-    where = resolve_device(device)
+    execution = execution or LocalExecution(device)
     card = load_card(run_dir)
     if audit is not None:  # a command line's statement: the run directory's own code refs need vouching for
         for note in audit.vouch(card):
@@ -145,8 +169,7 @@ def run_job(
         warn(checked["recipe_warning"])
     logged = ProgressLog(run_dir / PROGRESS_LOG, f"msg {obs.message} round {obs.round} {method.name}",
                          method.total_iterations, echo=echo, inner=progress)
-    recon = prepared.run(logged, where)
-    where = where if method.accelerated else resolve_device("cpu")
+    recon, ran_on = execution(prepared, logged)
 
     assessed = evaluator.assess(obs, method, recon, client_data, threat_model.num_images)
     metrics = {**checked, **assessed.metrics}
@@ -161,7 +184,7 @@ def run_job(
         **({"strategy": target.strategy} if target.strategy else {}),
         **obs.source,
         "protocol": card.protocol,
-        "device": device_label(where),
+        "device": ran_on,
         **recon.info,
         **metrics,
     }
@@ -191,4 +214,4 @@ def run_job(
     return AttackOutcome(out_dir, summary)
 
 
-__all__ = ["ATTACK_JSON", "AttackOutcome", "AuditStatement", "run_job"]
+__all__ = ["ATTACK_JSON", "AttackOutcome", "AuditStatement", "Execution", "LocalExecution", "run_job"]

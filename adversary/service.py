@@ -11,8 +11,9 @@ engine the same logic runs on threads. Under both, the role itself runs in a
 process of its own (:mod:`adversary.role_process`), confined where the kernel
 allows it, and only this module writes what it asks for into the job book.
 
-Every result is written into the run directory by the worker that computed it,
-so nothing is lost when Flower shuts Ray down.
+Under Ray only the driver's node reads and writes the run directory: the job desk beside the
+adversary's actor (:mod:`adversary.remote`) runs each job there and sends only its optimisation
+to a worker. The run waits for the desk before Flower shuts Ray down.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from adversary.decode_job import run_decode_job
 from adversary.job import run_job
 from adversary.jobs import JobBook
+from adversary.remote import JobDesk
 from adversary.role_process import Confinement, RoleFault, RoleProcess, lookup_path
 from adversary.roles import AttackTarget, Intercept, RoleContext, ServerAggregate
 from adversary.statement import AuditStatement
 from adversary.traffic_log import TrafficLog
 from fl_sim.config import AdversaryConfig
-from fl_sim.devices import device_label, resolve_device
 from fl_sim.validation import exception_line
 
 ACTOR_NAME = "fl-sim-adversary"
@@ -247,84 +248,60 @@ def role_faults(run_dir: str | Path) -> list[str]:
         book.close()
 
 
-def _ray_classes() -> tuple[Any, Any]:
+@ray.remote(num_cpus=0)
+class AdversaryActor:
+    """The role and its job book, on the driver's node; its jobs go to the desk beside it."""
 
-    @ray.remote(max_restarts=1, max_task_retries=1)
-    class AttackWorker:
-        def run(self, run_dir: str, job_id: int, device: str = "auto") -> dict[str, Any]:
-            return execute_job(run_dir, job_id, device=device)
+    def __init__(self, run_dir: str, config_json: str, context: RoleContext, worker_options: dict[str, Any],
+                 num_workers: int, sys_path: list[str]) -> None:
+        config = AdversaryConfig.model_validate_json(config_json)
+        self.core = AdversaryCore(run_dir, config, context, sys_path)
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self.desk = JobDesk.options(scheduling_strategy=here).remote(worker_options, num_workers, execute_job)
+        self.core.start()
+        self.submitted = 0
 
-        def visible_device(self) -> str:
-            """The device ``auto`` resolves to in this worker (its own GPU when it was given one)."""
-            return device_label(resolve_device("auto"))
+    def on_intercept(self, event: Intercept) -> int:
+        return self._dispatch(self.core.on_intercept(event))
 
-        def pid(self) -> int:
-            return os.getpid()
+    def on_server_aggregate(self, aggregate: Any) -> int:
+        return self._dispatch(self.core.on_server_aggregate(aggregate))
 
-    @ray.remote(num_cpus=0)
-    class AdversaryActor:
-        def __init__(self, run_dir: str, config_json: str, context: RoleContext, worker_options: dict[str, Any],
-                     num_workers: int, sys_path: list[str]) -> None:
-            config = AdversaryConfig.model_validate_json(config_json)
-            self.core = AdversaryCore(run_dir, config, context, sys_path)
-            self.workers = [AttackWorker.options(**worker_options).remote() for _ in range(num_workers)]
-            self.core.start()
-            self.refs: list[Any] = []
-            self.next = 0
+    def _dispatch(self, jobs: list[int]) -> int:
+        for job in jobs:
+            ray.get(self.desk.submit.remote(self.core.run_dir, job, self.core.config.device))
+            self.submitted += 1
+        return self.submitted
 
-        def on_intercept(self, event: Intercept) -> int:
-            return self._dispatch(self.core.on_intercept(event))
+    def catch_up(self) -> None:
+        """Nothing: it returns once every call sent before it has run (an actor runs its calls in order)."""
 
-        def on_server_aggregate(self, aggregate: Any) -> int:
-            return self._dispatch(self.core.on_server_aggregate(aggregate))
+    def worker_pids(self) -> list[int]:
+        return ray.get(self.desk.worker_pids.remote())
 
-        def _dispatch(self, jobs: list[int]) -> int:
-            for job in jobs:
-                worker = self.workers[self.next % len(self.workers)]
-                self.next += 1
-                self.refs.append(worker.run.remote(self.core.run_dir, job, self.core.config.device))
-            return len(self.refs)
+    def kill_worker(self, index: int) -> None:
+        """For fault-tolerance tests: crash a worker; Ray restarts it and retries its task."""
+        ray.get(self.desk.kill_worker.remote(index))
 
-        def catch_up(self) -> None:
-            """Nothing: it returns once every call sent before it has run (an actor runs its calls in order)."""
+    def drain(self) -> None:
+        self.core.close()  # after every on_intercept sent before: an actor runs its calls in order
 
-        def worker_pids(self) -> list[int]:
-            return ray.get([w.pid.remote() for w in self.workers])
-
-        def kill_worker(self, index: int) -> None:
-            """For fault-tolerance tests: crash a worker; Ray restarts it and retries its task."""
-            ray.kill(self.workers[index], no_restart=False)
-
-        def drain(self) -> None:
-            self.core.close()  # after every on_intercept sent before: an actor runs its calls in order
-
-        def finish(self, wait: bool) -> list[dict[str, Any]]:
-            self.core.close()
-            if not wait:
-                return []
-            done = []
-            for ref in self.refs:
-                try:
-                    done.append(ray.get(ref))
-                except Exception as exc:  # the retry failed too: the job stays as the book has it
-                    done.append({"state": "lost", "error": str(exc)})
-            return done
-
-    return AttackWorker, AdversaryActor
+    def finish(self, wait: bool) -> list[dict[str, Any]]:
+        self.core.close()
+        return ray.get(self.desk.finish.remote(wait))
 
 
 class RayAdversary:
     """Ray engine: a named adversary actor and a pool of attack workers."""
 
     def __init__(self, run_dir: str, config: AdversaryConfig, context: RoleContext, sys_path: list[str]) -> None:
-        _, actor_cls = _ray_classes()
         gpus = int(ray.cluster_resources().get("GPU", 0))
         # attack workers spread over the cluster's nodes; the role and its job book stay on the driver's node
         worker_options: dict[str, Any] = {"num_cpus": config.worker_cpus, "num_gpus": 1 if gpus >= 1 else 0,
                                           "scheduling_strategy": "SPREAD"}
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         self.run_dir = run_dir
-        self.actor = actor_cls.options(name=ACTOR_NAME, get_if_exists=False, scheduling_strategy=here).remote(
+        self.actor = AdversaryActor.options(name=ACTOR_NAME, get_if_exists=False, scheduling_strategy=here).remote(
             run_dir, config.model_dump_json(), context, worker_options, config.workers or max(1, gpus), sys_path
         )
 

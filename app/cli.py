@@ -39,7 +39,7 @@ from app.simulation import run_simulation
 from experiments.registry import ExperimentError, list_experiments
 from experiments.runner import report_experiment, run_experiment
 from experiments.tables import to_markdown
-from fl_sim.config import AdversaryConfig, ConfigError, apply_override, load_config
+from fl_sim.config import AdversaryConfig, ConfigError, TapConfig, apply_override, build_config, load_config
 from fl_sim.data import DataError
 from fl_sim.deployment import DeploymentCardError
 from fl_sim.devices import DEVICE_CHOICES, DeviceError, resolve_device
@@ -213,8 +213,12 @@ def _cmd_audit(args: argparse.Namespace, console: Console) -> None:
         spec = load_app_spec(args.app, args.clientapp)
         statement = _statement(args, str(spec.root) if spec.root else None)
         adversary = None
+        sets = _set_sections(args.set or [], ("attack", "threat", "tap"))
+        attack, threat = sets["attack"], sets["threat"]
+        tap = _audit_tap(sets["tap"])
+        if (attack or threat) and not args.role:
+            raise UserError("--set: attack.<key> and threat.<key> are for --role (the attack run while the app runs)")
         if args.role:
-            attack, threat = _attack_overrides(args.set or [])
             adversary = AdversaryConfig(role=args.role, preset=args.preset or audit_preset(str(statement.recipe.get("optimizer", "sgd"))),
                                         attack=attack, threat=threat)
             if not statement.factory:
@@ -229,6 +233,7 @@ def _cmd_audit(args: argparse.Namespace, console: Console) -> None:
             command=sys.argv,
             statement=statement,
             adversary=adversary,
+            tap=tap,
         )
     except (AuditError, DeploymentCardError, ObservationError) as exc:
         raise UserError(str(exc)) from None
@@ -245,14 +250,35 @@ def _cmd_audit(args: argparse.Namespace, console: Console) -> None:
     console.print(f"intercepted traffic: fl-sim traffic list {outcome.run_dir}")
 
 
-def _attack_overrides(assignments: list[str]) -> tuple[dict, dict]:
+def _set_sections(assignments: list[str], sections: tuple[str, ...] = ("attack", "threat")) -> dict[str, dict]:
+    """``--set`` assignments by section, each section one of ``sections``."""
     tree: dict = {}
     for assignment in assignments:
         apply_override(tree, assignment)
-    unknown = set(tree) - {"attack", "threat"}
+    unknown = set(tree) - set(sections)
     if unknown:
-        raise UserError(f"--set: {sorted(unknown)[0]}: unknown section; use attack.<key> or threat.<key>")
-    return tree.get("attack", {}), tree.get("threat", {})
+        raise UserError(f"--set: {sorted(unknown)[0]}: unknown section; use " + " or ".join(f"{s}.<key>" for s in sections))
+    return {section: tree.get(section, {}) for section in sections}
+
+
+def _attack_overrides(assignments: list[str]) -> tuple[dict, dict]:
+    sets = _set_sections(assignments)
+    return sets["attack"], sets["threat"]
+
+
+AUDIT_TAP_KEYS = ("keep_directions", "keep_rounds", "keep_every", "keep_message_types", "keep_clients", "spool_rounds")
+
+
+def _audit_tap(keys: dict) -> TapConfig | None:
+    """An audit's tap policy (``--set tap.keep_*``, ``tap.spool_rounds``); None keeps everything. The audit
+    is the tap, so it cannot be turned off, and an audited app has no ground truth to keep."""
+    if not keys:
+        return None
+    for key in keys:
+        if key not in AUDIT_TAP_KEYS:
+            raise UserError(f"--set: tap.{key}: not an audit's tap setting; use one of " + ", ".join(f"tap.{k}" for k in AUDIT_TAP_KEYS))
+    tap = build_config({"tap": keys}).tap
+    return None if tap.keeps_everything else tap
 
 
 def _round_range(text: str) -> tuple[int, int]:
@@ -526,7 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     _statement_options(audit)
     audit.add_argument("--role", help="attack while the app runs: eavesdropper, curious-server, malicious-client")
     audit.add_argument("--preset", default=None, help=f"attack preset for --role (default: {AUDIT_PRESET}, or audit-adam when --recipe states optimizer=adam)")
-    audit.add_argument("--set", action="append", metavar="KEY=VALUE", help="attack.<key> / threat.<key> for --role")
+    audit.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="attack.<key> / threat.<key> for --role; tap.keep_* and tap.spool_rounds: what the audit keeps "
+                            "of the app's tensors (as in a run's config)")
     audit.set_defaults(func=_cmd_audit)
 
     attack = sub.add_parser(

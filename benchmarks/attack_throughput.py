@@ -23,8 +23,9 @@ from rich.table import Table
 
 from adversary.jobs import JobBook
 from adversary.observation import client_updates
+from adversary.remote import JobDesk
 from adversary.roles import AttackTarget
-from adversary.service import _ray_classes
+from adversary.service import execute_job
 from adversary.traffic_log import TrafficLog
 from app.engine.ray_engine import init_ray_local
 from app.simulation import run_simulation
@@ -48,13 +49,13 @@ def measure(source: Path, workers: int, iterations: int, tmp: Path) -> tuple[int
     os.environ["FL_SIM_WORKER_THREADS"] = "1"
     init_ray_local()
     try:
-        worker_cls, _ = _ray_classes()
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        pool = [worker_cls.options(num_cpus=1, num_gpus=gpus).remote() for _ in range(workers)]
-        ray.get([w.pid.remote() for w in pool])  # started, imports done
+        desk = JobDesk.remote({"num_cpus": 1, "num_gpus": gpus}, workers, execute_job)
+        ray.get(desk.worker_pids.remote())  # started, imports done
         start = time.perf_counter()
-        refs = [pool[i % workers].run.remote(str(run_dir), job) for i, job in enumerate(jobs)]
-        results = ray.get(refs)
+        for job in jobs:
+            ray.get(desk.submit.remote(str(run_dir), job))
+        results = ray.get(desk.finish.remote(True))
         wall = time.perf_counter() - start
     finally:
         ray.shutdown()

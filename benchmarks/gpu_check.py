@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from attack_speed import breaching, client_gradient, device_name, measure
 from rich.console import Console
 from rich.table import Table
 
 from adversary.attacks import AttackInputs, ThreatModel, build_attack
 from adversary.metrics.lpips_offline import lpips_distance
-from attack_speed import breaching, client_gradient, device_name, measure
 from fl_sim.data import load_sample_images
 from fl_sim.models import build_model
 
@@ -69,8 +69,9 @@ def actor(device: torch.device, quick: bool, run_dir: Path | None, console: Cons
         return {"ok": None, "skipped": "ray not installed (see the README's GPU check for carrying its wheel)"}
     from adversary.jobs import JobBook
     from adversary.observation import client_updates
+    from adversary.remote import JobDesk
     from adversary.roles import AttackTarget
-    from adversary.service import _ray_classes
+    from adversary.service import execute_job
     from adversary.traffic_log import TrafficLog
     from app.netguard import LOOPBACK, apply_offline_env, ray_environment
 
@@ -96,11 +97,11 @@ def actor(device: torch.device, quick: bool, run_dir: Path | None, console: Cons
                      logging_level="ERROR", log_to_driver=False,
                      runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
         try:
-            worker_cls, _ = _ray_classes()
-            worker = worker_cls.options(num_cpus=1, num_gpus=gpus).remote()
-            seen = ray.get(worker.visible_device.remote())
+            desk = JobDesk.remote({"num_cpus": 1, "num_gpus": gpus}, 1, execute_job)
+            [seen] = ray.get(desk.visible_devices.remote())
             start = time.perf_counter()
-            result = ray.get(worker.run.remote(str(work), job, device.type))
+            ray.get(desk.submit.remote(str(work), job, device.type))
+            [result] = ray.get(desk.finish.remote(True))
             wall = time.perf_counter() - start
         finally:
             ray.shutdown()

@@ -14,7 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from fl_sim.devices import check_device
 from fl_sim.registry import Registry
@@ -379,7 +388,9 @@ class RunConfig(_Section):
 
     @field_validator("out_dir")
     @classmethod
-    def _out_dir(cls, value: str) -> str:
+    def _out_dir(cls, value: str, info: ValidationInfo) -> str:
+        if (info.context or {}).get("driver") is False:  # a client re-reading the run's config: the folder is the driver's
+            return value
         problem = output_folder_problem(Path(value))
         if problem:
             raise ValueError(f"out_dir: {problem}")
@@ -494,9 +505,11 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = _parse_value(raw.strip())
 
 
-def build_config(tree: dict[str, Any]) -> RunConfig:
+def build_config(tree: dict[str, Any], *, driver: bool = True) -> RunConfig:
+    """``driver``: validated where the run is driven (its output folder checked); False for a process that
+    only re-reads a config validated there (a client on another node, which never sees that folder)."""
     try:
-        return RunConfig.model_validate(tree)
+        return RunConfig.model_validate(tree, context={"driver": driver})
     except ValidationError as exc:
         raise ConfigError(one_line(exc)) from None
 
@@ -519,5 +532,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return build_config(tree)
 
 
-def config_from_json(text: str) -> RunConfig:
-    return build_config(json.loads(text))
+def config_from_json(text: str, *, driver: bool = True) -> RunConfig:
+    return build_config(json.loads(text), driver=driver)

@@ -65,7 +65,7 @@ class Task:
 
 @functools.lru_cache(maxsize=4)
 def _task_from_json(config_json: str) -> Task:
-    config = config_from_json(config_json)
+    config = config_from_json(config_json, driver=False)  # validated where it was loaded; this may be another node
     dataset = load_dataset(
         config.data.name,
         root=config.data.root,

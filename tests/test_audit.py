@@ -83,6 +83,10 @@ def test_audit_with_ray_engine_matches_inline(tmp_path: Path) -> None:
         (["examples/quickstart-legacy", "--engine", "spark"], "--engine: must be one of ray, inline"),
         (["nosuch.module:app", "other:app"], "serverapp: cannot import 'nosuch.module'"),
         (["quickstart_legacy.server_app", "x:y"], "serverapp: expected module:attribute"),
+        (["examples/quickstart-legacy", "--set", "tap.enabled=false"], "--set: tap.enabled: not an audit's tap setting"),
+        (["examples/quickstart-legacy", "--set", "tap.keep_clients=2"], "tap.keep_clients"),
+        (["examples/quickstart-legacy", "--set", "tap.keep_directions=['sideways']"], "tap.keep_directions"),
+        (["examples/quickstart-legacy", "--set", "attack.iterations=5"], "--set: attack.<key> and threat.<key> are for --role"),
     ],
 )
 def test_audit_errors_are_one_line_and_write_nothing(args: list[str], expected: str, tmp_path: Path,
@@ -193,3 +197,23 @@ def test_audit_with_a_role_attacks_while_the_app_runs(tmp_path: Path, capsys: py
     jobs = JobBook(run_dir).jobs()
     assert len(jobs) == 2 and {j.state for j in jobs} == {"done"}
     assert "adversary: the role runs in its own process" in capsys.readouterr().out  # and whether it is confined
+
+
+def test_an_audit_keeps_what_its_tap_policy_says_and_its_role_still_sees_everything(tmp_path: Path) -> None:
+    """``--set tap.keep_directions=['up']``: the models the app's server sends keep only their index rows
+    (sizes, digests, norms), the replies keep their tensors, and the role's attacks (which need the model
+    each reply answers: kept after all, because a job names it) all finish."""
+    from adversary.jobs import JobBook
+
+    run_dir = _audit(tmp_path, "quickstart-message-api", *MSG_MODEL, "--role", "curious-server", "--set",
+                     "attack.iterations=5", *GRANTS, "--set", "tap.keep_directions=['up']", "--set", "tap.spool_rounds=0")
+    jobs = JobBook(run_dir).jobs()
+    assert len(jobs) == 2 and {j.state for j in jobs} == {"done"}, [j.error for j in jobs]
+    with TrafficLog.open(run_dir) as log:
+        downs, ups = log.messages(direction="down"), log.messages(direction="up")
+        answered = {u.reply_to for u in ups if u.id in {m for j in jobs for m in j.target.messages}}
+        dropped = [m for m in downs if m.flower_id not in answered]
+        assert dropped and all(m.tensors and not m.kept for m in dropped)
+        assert all(m.kept for m in ups)
+    resolved = json.loads((run_dir / "config.json").read_text())
+    assert resolved["tap_policy"]["keep_directions"] == ["up"]

@@ -146,18 +146,37 @@ def _ray_processes() -> set[tuple[str, str]]:
     return seen
 
 
+def _unshare_works() -> bool:
+    """Whether this kernel lets an unprivileged process mount a folder of its own (user and mount namespaces)."""
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 @pytest.mark.slow
 def test_a_two_node_cluster_spreads_clients_and_attack_workers_and_agrees_with_one_node(tmp_path: Path) -> None:
     """A head and a worker node (`ray start` twice on loopback, a CPU each): Flower's clients and the attack
-    workers run on both, the role's actor on the driver's node, and the weights are those of one node."""
+    workers run on both, the role's actor on the driver's node, and the weights are those of one node.
+
+    The worker node cannot see the run directory at all: it runs in a mount namespace of its own where an
+    empty, read-only folder hides the runs' folder (a driver-local run directory, as on a real cluster).
+    So every private batch, every attack's outputs, its progress and the job book get there through the
+    driver's node, or the run fails."""
     import time
 
     from adversary.jobs import JobBook
     from app.netguard import OFFLINE_ENV
+    from fl_sim.ground_truth import GroundTruth
 
+    if not _unshare_works():
+        pytest.skip("this kernel does not allow unprivileged mount namespaces (unshare -rm), which hide the run "
+                    "directory from the worker node")
     home = tmp_path / "home"
     home.mkdir()
     (home / "ray_bootstrap_config.yaml").write_text("provider:\n  type: local\n")
+    runs = tmp_path / "cluster"
+    runs.mkdir()
     # the offline environment turns multi-node clusters off (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0); a worker node needs it on
     env = {k: v for k, v in {**os.environ, **OFFLINE_ENV, "HOME": str(home)}.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
     ray_bin = str(Path(sys.executable).parent / "ray")
@@ -166,12 +185,13 @@ def test_a_two_node_cluster_spreads_clients_and_attack_workers_and_agrees_with_o
     head = [ray_bin, "start", "--head", "--port", "6393", *common, "--resources", '{"head_node": 1}',
             "--include-dashboard", "false"]
     worker = [ray_bin, "start", "--address", address, *common, "--resources", '{"worker_node": 1}']
+    hidden = ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o ro none {shlex.quote(str(runs))} && exec {shlex.join(worker)}"]
     try:
         subprocess.run(head, check=True, capture_output=True, env=env, timeout=180)
-        subprocess.run(worker, check=True, capture_output=True, env=env, timeout=180)
+        subprocess.run(hidden, check=True, capture_output=True, env=env, timeout=180)
         settings = (f"engine.ray_address={address}", "adversary.role=curious-server", "adversary.attack.iterations=5",
                     "adversary.workers=2", "federation.protocol=fedsgd", "federation.batch_size=1")
-        proc = subprocess.Popen(_cli_command(tmp_path / "cluster", *settings), stdout=subprocess.PIPE,
+        proc = subprocess.Popen(_cli_command(runs, *settings), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
         seen: set[tuple[str, str]] = set()
         while proc.poll() is None:
@@ -181,11 +201,16 @@ def test_a_two_node_cluster_spreads_clients_and_attack_workers_and_agrees_with_o
         assert proc.returncode == 0, out[-3000:] + err[-3000:]
         run_dir = Path(re.search(r"run directory: (\S+)", out).group(1))
         jobs = JobBook(run_dir).jobs()
-        assert len(jobs) == 4 and {j.state for j in jobs} == {"done"}
+        assert len(jobs) == 4 and {j.state for j in jobs} == {"done"}, [j.error for j in jobs]
+        assert all((Path(j.out_dir) / "grid.png").is_file() and j.attempts == 1 for j in jobs)
+        replies = TrafficLog.open(run_dir).messages(direction="up", message_type="train")
+        truth = GroundTruth.open(run_dir)
+        assert len(replies) == 4 and all(truth.batch_for(m.reply_to) is not None for m in replies)
         nodes = {title: {raylet for t, raylet in seen if t == title} for title, _ in seen}
         assert len(nodes.get("ray::ClientAppActor", ())) == 2, seen
         assert len(nodes.get("ray::AttackWorker", ())) == 2, seen
         assert len(nodes.get("ray::AdversaryActor", ())) == 1, seen
+        assert nodes.get("ray::JobDesk") == nodes["ray::AdversaryActor"] == nodes.get("ray::GroundTruthDesk"), seen
     finally:
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=180)
     one_node = run_simulation(tiny_config(tmp_path / "inline", "federation.num_clients=2", "federation.protocol=fedsgd",

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from adversary.confinement import landlock_unavailable
 from adversary.jobs import JobBook
 from adversary.roles import Intercept, RoleContext, RoleError, build_role, check_role
 from adversary.traffic_log import TrafficLog, TrafficView
 from app.cli import main
-from adversary.confinement import landlock_unavailable
 from app.simulation import run_simulation, validate_adversary
 from fl_sim.config import ConfigError
 from fl_sim.ground_truth import GroundTruth
@@ -262,14 +262,16 @@ def test_malicious_client_partition_must_exist() -> None:
 
 
 def test_crashed_ray_worker_is_restarted_and_its_attack_retried(plain_run: Path, tmp_path: Path) -> None:
-    """Kill an attack worker mid-attack: Ray restarts it, retries the attack once, the result arrives."""
+    """Kill an attack worker mid-attack: Ray restarts it, retries the optimisation once, the result arrives
+    at the desk, which alone writes the run directory."""
     import shutil
     import time
 
     import ray
 
+    from adversary.remote import JobDesk
     from adversary.roles import AttackTarget
-    from adversary.service import _ray_classes
+    from adversary.service import execute_job
     from app.engine.ray_engine import init_ray_local
 
     run_dir = tmp_path / "run"
@@ -279,23 +281,23 @@ def test_crashed_ray_worker_is_restarted_and_its_attack_retried(plain_run: Path,
     job = book.add("test", AttackTarget("update", 1, (msg,)), "inverting-gradients", {"iterations": 400}, {})
     init_ray_local(num_cpus=2)
     try:
-        worker_cls, _ = _ray_classes()
-        worker = worker_cls.options(num_cpus=0).remote()
-        first_pid = ray.get(worker.pid.remote())
-        ref = worker.run.remote(str(run_dir), job)
+        desk = JobDesk.remote({"num_cpus": 0}, 1, execute_job)
+        first_pid = ray.get(desk.worker_pids.remote())[0]
+        ray.get(desk.submit.remote(str(run_dir), job))
         deadline = time.time() + 60
         while time.time() < deadline and book.jobs()[0].state != "running":
             time.sleep(0.2)
-        time.sleep(1.0)
-        ray.kill(worker, no_restart=False)
-        result = ray.get(ref, timeout=240)
-        assert result["state"] == "done"
-        assert ray.get(worker.pid.remote()) != first_pid
+        time.sleep(2.0)
+        ray.get(desk.kill_worker.remote(0))
+        [result] = ray.get(desk.finish.remote(True), timeout=240)
+        assert result["state"] == "done", result
+        assert ray.get(desk.worker_pids.remote())[0] != first_pid
     finally:
         ray.shutdown()
     final = book.jobs()[0]
-    assert final.state == "done" and final.attempts == 2
+    assert final.state == "done" and final.attempts == 1  # the desk's claim held; the worker's task was retried
     assert (Path(final.out_dir) / "metrics.json").is_file()
+    assert "iteration 400/400" in (run_dir / "attacks.log").read_text()  # the retried worker's progress reached the desk
 
 
 def test_curious_server_under_secure_aggregation_attacks_the_aggregate(tiny) -> None:

@@ -25,7 +25,7 @@ from app.audit.run_config import merge_run_config
 from app.audit.wrappers import Around, ConfiguredClientApp, tapped_server_app
 from app.engine import run_apps
 from app.wiring import tapped_session
-from fl_sim.config import AdversaryConfig
+from fl_sim.config import AdversaryConfig, TapConfig
 from fl_sim.deployment import DeploymentCardError
 from fl_sim.node_ids import node_ids_for
 from fl_sim.rundir import SIMULATION_JSON, make_run_dir, write_json_atomic
@@ -85,9 +85,11 @@ def run_audit(
     command: list[str] | None = None,
     statement: AuditStatement | None = None,
     adversary: AdversaryConfig | None = None,
+    tap: TapConfig | None = None,
 ) -> AuditOutcome:
     """Everything is validated before the run directory is made; a run that
-    captures nothing is removed again and reported as an error."""
+    captures nothing is removed again and reported as an error. ``tap``: what to keep of the app's
+    tensors (None: everything), as a run's ``tap.keep_*`` keys say."""
     if engine not in ENGINES:
         raise AuditError(f"--engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
     if num_supernodes is not None and num_supernodes < 1:
@@ -111,6 +113,7 @@ def run_audit(
         "engine": engine,
         "seed": seed,
         "tap": "curious-server (the Grid the app's ServerApp uses)",
+        "tap_policy": tap.model_dump() if tap is not None else "keep everything",
         "statement": {k: v for k, v in dataclasses.asdict(statement).items() if v not in (None, {}, ())},
         "adversary": adversary.model_dump() if adversary is not None else None,
     }
@@ -125,7 +128,7 @@ def run_audit(
 
     @contextlib.contextmanager
     def around(grid: Grid) -> Iterator[Grid]:
-        with tapped_session(grid, run_dir, adversary, context, engine) as session:
+        with tapped_session(grid, run_dir, adversary, context, engine, tap=tap, seed=seed) as session:
             yield session.grid
 
     start = time.perf_counter()
