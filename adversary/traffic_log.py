@@ -87,6 +87,11 @@ _MESSAGE_COLUMNS = ("id, round, direction, src_node, dst_node, message_type, flo
                     " sha256, created_at, logged_at, metrics, config, error")
 
 
+class _SpoolGone(Exception):
+    def __init__(self, pack: str) -> None:
+        self.pack = pack
+
+
 class TrafficLogError(ValueError):
     """A user-facing problem with a traffic log (missing, unknown message id)."""
 
@@ -302,7 +307,18 @@ class TrafficLog:
         return arrays
 
     def _blob_arrays(self, info: MessageInfo) -> dict[str, np.ndarray]:
-        """A message of the content-addressed format: each tensor from its blob, checked against its digest."""
+        """A message of the content-addressed format: each tensor from its blob, checked against its digest.
+
+        A spooled blob can move while it is read: the writer moves an attacked message's tensors from its
+        round's spool into a pack, commits, then deletes the spool. A spool gone between the index read
+        and the file's is read again, once, where the index now says (or found not kept)."""
+        try:
+            return self._blob_arrays_once(info)
+        except _SpoolGone as gone:
+            self._packs.forget(gone.pack)
+            return self._blob_arrays_once(self.message(info.id))
+
+    def _blob_arrays_once(self, info: MessageInfo) -> dict[str, np.ndarray]:
         msg_id = info.id
         rows = self._conn.execute(
             "SELECT t.name, t.shape, t.dtype, t.blob, b.pack, b.offset, b.length FROM tensors t"
@@ -333,6 +349,8 @@ class TrafficLog:
                 try:
                     read[blob] = self._packs.read(blob, pack, offset, length)
                 except BlobError as exc:
+                    if isinstance(pack, str) and pack.startswith("blobs/spool-") and not (self.root / pack).exists():
+                        raise _SpoolGone(pack) from None
                     raise corrupted(str(exc)) from None
             data = bytearray(read[blob]) if blob in used else read[blob]
             used.add(blob)

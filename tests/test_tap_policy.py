@@ -74,6 +74,31 @@ def test_tensors_not_kept_are_readable_for_a_round_then_gone_unless_an_attack_na
     assert (tmp_path / "traffic" / "blobs" / "pack-000001.bin").stat().st_size == (kept_uploads + 1) * 32 * 32 * 4
 
 
+def test_a_reader_whose_spool_moves_under_it_reads_the_tensors_from_their_pack(tmp_path: Path) -> None:
+    """The race an attack job can lose: it reads a spooled message's index rows, then the writer moves the
+    pinned tensors into a pack and deletes the spool, then the job opens the spool. It reads them again
+    where the index now says."""
+    pins: set[int] = set()
+    writer = TrafficWriter(tmp_path, keep=lambda meta: False, pinned=lambda: pins, spool_rounds=5)
+    down = writer.append(_message(1, "down", 7, 1, "i1-7"))
+    up = writer.append(_message(1, "up", 7, 17, "r1-7", "i1-7"))
+    pins.add(up)
+    with TrafficLog.open(tmp_path) as log:
+        assert not log.message(up).kept
+        original = log._packs.read
+        moved = []
+
+        def read_after_the_move(*args: object) -> bytearray:
+            if not moved:  # between the index read and the file's: the writer settles round 1's spool
+                moved.append(writer.call_after(lambda: writer._release(1)).result())
+            return original(*args)
+
+        log._packs.read = read_after_the_move
+        assert log.arrays(up)["arrays/w"][0, 0] == 17
+        assert moved and log.message(up).kept and log.message(down).kept
+    writer.close()
+
+
 def test_an_eavesdropper_attacks_every_update_it_taps_though_the_log_keeps_no_upload(tiny) -> None:
     cfg = tiny(*BASE, "adversary.role=eavesdropper", "adversary.attack.iterations=5", 'tap.keep_directions=["down"]')
     out = run_simulation(cfg)
