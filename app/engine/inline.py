@@ -1,8 +1,12 @@
 """An in-process Grid: the same ServerApp and ClientApp, no Ray.
 
-For tests, debugging and machines without Ray. Messages are copied through
-Flower's own protobuf serialisation on the way out and back, as on a real link,
-so neither side can share tensors with the other. Node ids are drawn from the
+For tests, debugging and machines without Ray. Messages are copied on the way out
+and back, so neither side holds the other's objects: the envelope and every record but
+the tensors through Flower's own protobuf serialisation, as on a real link; the tensors
+as new Arrays over the same bytes, which are immutable (so neither side can change the
+other's tensors). Serialising the tensors as well cost 0.28 s a message for the
+ResNet-18's 45 MB, more than a client's whole round; Flower's own simulation does not
+serialise them either. Node ids are drawn from the
 run seed exactly as the Ray engine draws them, so both engines sample the same
 clients.
 """
@@ -14,7 +18,8 @@ import threading
 from collections.abc import Iterable
 from uuid import UUID
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict
+from flwr.app.message.message import make_message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.common.serde import message_from_proto, message_to_proto
@@ -27,7 +32,14 @@ from fl_sim.node_ids import node_ids_for
 
 
 def _copy(message: Message) -> Message:
-    return message_from_proto(message_to_proto(message))
+    if not message.has_content():
+        return message_from_proto(message_to_proto(message))
+    tensors = {key: record for key, record in message.content.items() if isinstance(record, ArrayRecord)}
+    rest = RecordDict({key: record for key, record in message.content.items() if key not in tensors})
+    copied = message_from_proto(message_to_proto(make_message(metadata=message.metadata, content=rest)))
+    for key, record in tensors.items():
+        copied.content[key] = ArrayRecord({name: Array(a.dtype, a.shape, a.stype, a.data) for name, a in record.items()})
+    return copied
 
 
 class InlineGrid(Grid):
