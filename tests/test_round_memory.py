@@ -99,3 +99,26 @@ def test_a_failed_client_fails_the_round_in_one_line() -> None:
     messages = _messages(RoundPlan(tensors={"w": torch.ones(2)}, config={}), [1, 2, 3], 1, "train")
     with pytest.raises(ClientFailure, match="client 42 failed: out of memory"):
         _gather(Failing(), messages, lambda r: None)
+
+
+def test_the_inline_engine_copies_a_message_so_neither_side_holds_the_others_objects() -> None:
+    """The envelope and the small records go through protobuf; the tensors are new Arrays over the same
+    (immutable) bytes: equal content, no shared record, no shared Array, nothing either side can change."""
+    from flwr.app import ConfigRecord, Message
+    from flwr.common.serde import message_to_proto
+
+    from app.engine.inline import _copy
+
+    rng = np.random.default_rng(1)
+    content = _reply(rng, 4, True)
+    content["config"] = ConfigRecord({"lr": 0.1, "server-round": 3})
+    message = Message(content, 5, "train", group_id="3")
+    copied = _copy(message)
+    assert message_to_proto(copied) == message_to_proto(message)  # what a real link would carry
+    assert copied.metadata is not message.metadata and copied.content is not message.content
+    for key in (ARRAYS, BUFFERS):
+        ours, theirs = copied.content[key], message.content[key]
+        assert ours is not theirs and all(ours[n] is not theirs[n] and isinstance(ours[n].data, bytes) for n in ours)
+    copied.content["config"]["lr"] = 1.0
+    copied.content[ARRAYS]["w"] = ArrayRecord({"w": torch.zeros(3, 4)})["w"]
+    assert message.content["config"]["lr"] == 0.1 and message.content[ARRAYS]["w"].numpy().any()

@@ -37,8 +37,9 @@ def _copy(message: Message) -> Message:
     tensors = {key: record for key, record in message.content.items() if isinstance(record, ArrayRecord)}
     rest = RecordDict({key: record for key, record in message.content.items() if key not in tensors})
     copied = message_from_proto(message_to_proto(make_message(metadata=message.metadata, content=rest)))
-    for key, record in tensors.items():
-        copied.content[key] = ArrayRecord({name: Array(a.dtype, a.shape, a.stype, a.data) for name, a in record.items()})
+    arrays = {key: ArrayRecord({name: Array(a.dtype, a.shape, a.stype, a.data) for name, a in record.items()})
+              for key, record in tensors.items()}
+    copied.content = RecordDict({key: arrays[key] if key in arrays else copied.content[key] for key in message.content})
     return copied
 
 
