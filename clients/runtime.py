@@ -19,7 +19,7 @@ from torch import nn
 from clients.defenses import EncodeContext, RoundContext, RoundDefenses, VetContext, VetReport, build_defenses
 from clients.training import LocalResult, fedavg_steps, fedsgd_step, sample_batches
 from fl_sim.config import RunConfig
-from fl_sim.ground_truth import BatchRecord, GroundTruthSink
+from fl_sim.ground_truth import GroundTruthSink, PrivateBatch
 from fl_sim.models.server_defined import ARCHITECTURE_KEY, apply_architecture
 from fl_sim.task import Task, evaluate_model, load_task
 from fl_sim.wire import (
@@ -258,7 +258,7 @@ class ClientRuntime:
     def _record_ground_truth(self, instruction_id: str, context: Context, partition: int, rnd: int, result: LocalResult) -> None:
         if self.truth is None or not self.config.tap.ground_truth:
             return
-        self.truth(BatchRecord(
+        self.truth(PrivateBatch(
             instruction_id=instruction_id,
             node_id=context.node_id,
             partition_id=partition,

@@ -117,8 +117,9 @@ def record_private_batch(
 
 
 @dataclass(frozen=True)
-class BatchRecord:
-    """One reply's private data as its client hands it over (to be written by the driver's node)."""
+class PrivateBatch:
+    """One reply's private data: what its client hands over (to be written by the driver's node) and what
+    the evaluator reads back."""
 
     instruction_id: str
     node_id: int
@@ -134,7 +135,7 @@ class GroundTruthSink(Protocol):
 
     key: str
 
-    def __call__(self, record: BatchRecord) -> None: ...
+    def __call__(self, record: PrivateBatch) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -147,23 +148,13 @@ class SidecarWriter:
     def key(self) -> str:
         return str(self.run_dir)
 
-    def __call__(self, record: BatchRecord) -> None:
+    def __call__(self, record: PrivateBatch) -> None:
         write_record(self.run_dir, record)
 
 
-def write_record(run_dir: str | Path, record: BatchRecord) -> None:
+def write_record(run_dir: str | Path, record: PrivateBatch) -> None:
     record_private_batch(run_dir, instruction_id=record.instruction_id, node_id=record.node_id,
                          partition_id=record.partition_id, round=record.round, steps=record.steps, extra=record.extra)
-
-
-@dataclass(frozen=True)
-class PrivateBatch:
-    instruction_id: str
-    node_id: int
-    partition_id: int
-    round: int | None
-    steps: list[dict[str, np.ndarray]]
-    extra: dict[str, Any]
 
 
 class GroundTruth:

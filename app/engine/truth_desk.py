@@ -18,7 +18,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from fl_sim.ground_truth import BatchRecord, ground_truth_held_open, write_record
+from fl_sim.ground_truth import PrivateBatch, ground_truth_held_open, write_record
 
 DESK_NAME = "fl-sim-ground-truth"
 
@@ -30,7 +30,7 @@ class GroundTruthDesk:
         self._open = ground_truth_held_open(self.run_dir)  # one connection held: no checkpoint per record
         self._open.__enter__()
 
-    def record(self, record: BatchRecord) -> None:
+    def record(self, record: PrivateBatch) -> None:
         write_record(self.run_dir, record)
 
     def close(self) -> None:
@@ -56,7 +56,7 @@ class DriverSink:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.run_dir, self._desk = state["run_dir"], None
 
-    def __call__(self, record: BatchRecord) -> None:
+    def __call__(self, record: PrivateBatch) -> None:
         if self._desk is None:
             self._desk = ray.get_actor(DESK_NAME)
         ray.get(self._desk.record.remote(record))
