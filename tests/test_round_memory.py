@@ -87,6 +87,29 @@ def test_replies_are_pulled_a_few_at_a_time_and_the_model_is_shared() -> None:
     assert len(seen) == 20 and grid.most_pulled == PULL_CHUNK
 
 
+def test_replies_that_arrive_in_the_engines_order_are_taken_as_they_arrive() -> None:
+    """Flower's Ray backend answers in its own order (by node): a reply that is in must be folded at the
+    next poll, not left in the link state until the ones before it in our list are in."""
+
+    class OwnOrder(_Grid):
+        def __init__(self) -> None:
+            super().__init__()
+            self.arrived: set[str] = set()
+            self.most_waiting = 0
+
+        def pull_messages(self, ids):
+            if (order := [m for m in reversed(self.inbox) if m not in self.arrived]):
+                self.arrived.add(order[0])  # one more reply in, the last of ours first
+            self.most_waiting = max(self.most_waiting, len(self.arrived & set(self.inbox)))
+            return super().pull_messages([m for m in ids if m in self.arrived and m in self.inbox])
+
+    messages = _messages(RoundPlan(tensors={"w": torch.ones(2)}, config={}), list(range(40)), 1, "train")
+    grid, seen = OwnOrder(), []
+    _gather(grid, messages, seen.append)
+    # one reply comes in per pull: a reply waits at most one sweep over the pending chunks, not the whole round
+    assert len(seen) == 40 and grid.most_waiting <= len(messages) // PULL_CHUNK, grid.most_waiting
+
+
 def test_a_failed_client_fails_the_round_in_one_line() -> None:
     class Failing(_Grid):
         def pull_messages(self, ids):
