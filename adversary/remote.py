@@ -23,19 +23,13 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
-import torch
 from ray import cloudpickle
 
 from adversary.job import LocalExecution, PreparedAttack, Progress
 from adversary.methods import Reconstruction
-from fl_sim.devices import device_label, resolve_device
+from fl_sim.devices import apply_worker_threads, device_label, resolve_device
 
 RELAY_EVERY_S = 2.0  # a worker's progress calls, at most this often (the desk's log writes every 10 s)
-
-
-def _worker_threads() -> None:
-    if os.environ.get("FL_SIM_WORKER_THREADS"):
-        torch.set_num_threads(int(os.environ["FL_SIM_WORKER_THREADS"]))
 
 
 class _Relay:
@@ -60,7 +54,7 @@ class AttackWorker:
                  token: int) -> tuple[Reconstruction, str, tuple[int, float] | None]:
         """``prepared``: a :class:`PreparedAttack` pickled by the desk, whose model's class may come from an
         audited app's folder (``sys_path``: the desk's, so it imports here as it did there)."""
-        _worker_threads()
+        apply_worker_threads()
         sys.path.extend(p for p in sys_path if p not in sys.path)
         attack: PreparedAttack = cloudpickle.loads(prepared)
         relay = _Relay(desk, token)

@@ -19,14 +19,12 @@ to a worker. The run waits for the desk before Flower shuts Ray down.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from adversary.decode_job import run_decode_job
@@ -38,6 +36,7 @@ from adversary.roles import AttackTarget, Intercept, RoleContext, ServerAggregat
 from adversary.statement import AuditStatement
 from adversary.traffic_log import TrafficLog
 from fl_sim.config import AdversaryConfig
+from fl_sim.devices import apply_worker_threads
 from fl_sim.validation import exception_line
 
 ACTOR_NAME = "fl-sim-adversary"
@@ -52,8 +51,7 @@ def execute_job(run_dir: str, job_id: int, audit: AuditStatement | None = None, 
     ``raise_refused``: errors that mean the request itself is bad (a command line's config, its grants):
     the job is forgotten and the error raised, so the command can say so in one line and leave nothing.
     ``run_options`` go to :func:`run_job` (progress, warnings)."""
-    if os.environ.get("FL_SIM_WORKER_THREADS"):
-        torch.set_num_threads(int(os.environ["FL_SIM_WORKER_THREADS"]))
+    apply_worker_threads()
     book = JobBook(run_dir)
     try:
         job = next((j for j in book.jobs() if j.id == job_id), None)

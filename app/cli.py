@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -39,7 +40,7 @@ from app.simulation import run_simulation
 from experiments.registry import ExperimentError, list_experiments
 from experiments.runner import report_experiment, run_experiment
 from experiments.tables import to_markdown
-from fl_sim.config import AdversaryConfig, ConfigError, TapConfig, apply_override, build_config, load_config
+from fl_sim.config import AdversaryConfig, ConfigError, TapConfig, apply_override, load_config
 from fl_sim.data import DataError
 from fl_sim.deployment import DeploymentCardError
 from fl_sim.devices import DEVICE_CHOICES, DeviceError, resolve_device
@@ -48,6 +49,7 @@ from fl_sim.models import ModelError
 from fl_sim.rundir import read_summary
 from fl_sim.safe_paths import output_folder_problem
 from fl_sim.threat import ThreatModelError
+from fl_sim.validation import one_line
 
 EXIT_USAGE = 2
 CLI_ROLE = "cli"  # the job book's role name for attacks asked for on the command line
@@ -277,7 +279,10 @@ def _audit_tap(keys: dict) -> TapConfig | None:
     for key in keys:
         if key not in AUDIT_TAP_KEYS:
             raise UserError(f"--set: tap.{key}: not an audit's tap setting; use one of " + ", ".join(f"tap.{k}" for k in AUDIT_TAP_KEYS))
-    tap = build_config({"tap": keys}).tap
+    try:
+        tap = TapConfig.model_validate(keys)
+    except ValidationError as exc:
+        raise UserError(one_line(exc, "tap")) from None
     return None if tap.keeps_everything else tap
 
 

@@ -9,7 +9,6 @@ and the ground-truth record are the same under both.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 from clients.defenses import EncodeContext, RoundContext, RoundDefenses, VetContext, VetReport, build_defenses
 from clients.training import LocalResult, fedavg_steps, fedsgd_step, sample_batches
 from fl_sim.config import RunConfig
+from fl_sim.devices import apply_worker_threads
 from fl_sim.ground_truth import GroundTruthSink, PrivateBatch
 from fl_sim.models.server_defined import ARCHITECTURE_KEY, apply_architecture
 from fl_sim.task import Task, evaluate_model, load_task
@@ -67,8 +67,7 @@ class ClientRuntime:
         self.defenses = build_defenses(
             config, input_shape=self.task.dataset.input_shape, num_classes=self.task.dataset.num_classes, model=self.model
         )
-        if os.environ.get("FL_SIM_WORKER_THREADS"):
-            torch.set_num_threads(int(os.environ["FL_SIM_WORKER_THREADS"]))
+        apply_worker_threads()
 
     def _fresh_model(self, received: dict[str, torch.Tensor], context: Context) -> nn.Module:
         """Initial weights, overlaid by this client's private state, then the global tensors."""

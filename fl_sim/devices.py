@@ -7,9 +7,12 @@ that runs the attack (a Ray worker with ``num_gpus=1`` sees its own GPU, the dri
 
 from __future__ import annotations
 
+import os
 import re
 
 import torch
+
+WORKER_THREADS_ENV = "FL_SIM_WORKER_THREADS"  # a Ray worker's torch threads, set by the Ray engine for every process it starts
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 _SPELLING = re.compile(r"auto|cpu|cuda(:\d{1,2})?")
@@ -49,3 +52,9 @@ def device_label(device: torch.device) -> str:
 
 
 __all__ = ["DEVICE_CHOICES", "DeviceError", "check_device", "device_label", "resolve_device"]
+
+
+def apply_worker_threads() -> None:
+    """Take the torch thread count the Ray engine sets for its processes (clients, attack workers), if set."""
+    if os.environ.get(WORKER_THREADS_ENV):
+        torch.set_num_threads(int(os.environ[WORKER_THREADS_ENV]))

@@ -32,7 +32,7 @@ class Engine:
 
 ENGINES = Registry("engine")
 ENGINES.add("inline", Engine(lambda server, client, nodes, engine, seed, truth: run_inline(server, client, nodes, seed),
-                             lambda run_dir: SidecarWriter(run_dir)))
+                             SidecarWriter))
 ENGINES.add("ray", Engine(run_ray, lambda run_dir: DriverSink(str(run_dir))))
 
 

@@ -20,6 +20,7 @@ from flwr.simulation import run_simulation
 from app.engine.truth_desk import DriverSink, serving
 from app.netguard import LOOPBACK, apply_offline_env, ray_environment
 from fl_sim.config import EngineConfig
+from fl_sim.devices import WORKER_THREADS_ENV
 from fl_sim.ground_truth import GroundTruthSink
 from fl_sim.node_ids import draw_id, node_ids_for
 from fl_sim.reaper import Reaper
@@ -36,8 +37,8 @@ def init_ray_local(num_cpus: int | None = None, num_gpus: int | None = None, add
     # arranges when it starts Ray itself.
     # So must their torch threads be set on a cluster's other nodes, whose processes do not inherit the driver's environment.
     env_vars = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    if os.environ.get("FL_SIM_WORKER_THREADS"):
-        env_vars["FL_SIM_WORKER_THREADS"] = os.environ["FL_SIM_WORKER_THREADS"]
+    if os.environ.get(WORKER_THREADS_ENV):
+        env_vars[WORKER_THREADS_ENV] = os.environ[WORKER_THREADS_ENV]
     runtime_env = {"env_vars": env_vars}
     with ray_environment():
         if address:
@@ -93,7 +94,7 @@ def run_ray(server_app: ServerApp, client_app: ClientApp, num_nodes: int, engine
     """``truth``: the clients' sink; a :class:`DriverSink`'s desk runs on this node while the simulation does."""
     apply_offline_env()
     # Client processes share this machine: one torch thread each avoids oversubscription.
-    os.environ.setdefault("FL_SIM_WORKER_THREADS", "1")
+    os.environ.setdefault(WORKER_THREADS_ENV, "1")
     # A Ray this run starts ends with it, even if the run is SIGKILLed; a cluster it joins is left alone.
     reaper = Reaper() if not engine.ray_address and not ray.is_initialized() else None
     try:

@@ -18,23 +18,21 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from fl_sim.ground_truth import PrivateBatch, ground_truth_held_open, write_record
+from fl_sim.ground_truth import PrivateBatch, write_record
 
 DESK_NAME = "fl-sim-ground-truth"
 
 
 @ray.remote(num_cpus=0)
 class GroundTruthDesk:
+    """Writes the records; the run holds the sidecar open on this node for as long as it runs
+    (:func:`fl_sim.ground_truth.ground_truth_held_open`), so a record's write does not checkpoint the WAL."""
+
     def __init__(self, run_dir: str) -> None:
         self.run_dir = Path(run_dir)
-        self._open = ground_truth_held_open(self.run_dir)  # one connection held: no checkpoint per record
-        self._open.__enter__()
 
     def record(self, record: PrivateBatch) -> None:
         write_record(self.run_dir, record)
-
-    def close(self) -> None:
-        self._open.__exit__(None, None, None)
 
 
 @dataclass
@@ -66,7 +64,7 @@ class DriverSink:
 def serving(sink: DriverSink) -> Iterator[None]:
     """The desk for ``sink``'s run, on this (the driver's) node, while the simulation runs. Every record is
     committed before its client replies, so when Flower shuts Ray down at the end (the desk with it) there
-    is nothing left to write; a Ray that is still up closes the desk here."""
+    is nothing left to write; a Ray that is still up (a joined cluster) has the desk killed here."""
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     desk = GroundTruthDesk.options(name=DESK_NAME, scheduling_strategy=here).remote(sink.run_dir)
     session = ray.get_runtime_context().get_job_id()
@@ -74,7 +72,4 @@ def serving(sink: DriverSink) -> Iterator[None]:
         yield
     finally:
         if ray.is_initialized() and ray.get_runtime_context().get_job_id() == session:
-            try:
-                ray.get(desk.close.remote())
-            finally:
-                ray.kill(desk)
+            ray.kill(desk)
