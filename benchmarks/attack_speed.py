@@ -54,7 +54,7 @@ from adversary.attacks.regularizers import REGULARIZERS, RegContext
 from fl_sim.data import load_sample_images
 from fl_sim.models import build_model
 
-ALPHA_TV = 0.01  # the inverting-gradients preset
+ALPHA_TV = 0.01  # one trial of the inverting-gradients-pixel preset: the per-iteration work of any trial of the default
 IMAGE_SHAPE = (3, 32, 32)  # CIFAR
 
 try:  # the peer, an optional bench-only dependency (make bench-setup)

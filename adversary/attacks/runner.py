@@ -63,6 +63,10 @@ KEEPS = ("last", "best")
 # 0.002 on a ConvNet's gradient, 0.7 on an untrained ResNet-18's after the same iterations), so a difference
 # that decides one model is noise on the other; a ratio means the same on both.
 RANKS = ("loss", "log-objective")
+# Screening (successive halving with one round): after this fraction of the budget every trial is ranked as above, at
+# its kept iterate, and only the best goes on; the others stay where they were and still compete at the end. Trials
+# of different priors separate early (a weak prior's objective falls by orders of magnitude within tens of
+# iterations where the gradient pins the image), so R trials cost about 1 + (R - 1) * screen runs instead of R.
 
 
 CHOICES: dict[str, tuple[str, ...]] = {"init": INITS, "space": SPACES, "keep": KEEPS, "rank": RANKS}
@@ -72,6 +76,12 @@ def check_choice(key: str, value: Any) -> None:
     """One of the attack's named choices (``CHOICES``), or a one-line ConfigError listing them."""
     if value not in CHOICES[key]:
         raise ConfigError(f"{key}: unknown choice {value!r}; choose one of: {', '.join(CHOICES[key])}")
+
+
+def check_screen(value: Any) -> None:
+    """``screen``: the fraction of the budget after which only the best-ranked trial goes on (0: every trial runs it all)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"screen: must be a number in [0, 1) (0: no screening), got {value!r}")
 
 
 def check_prior_scales(value: Any) -> None:
@@ -134,10 +144,12 @@ class GradientInversion(Component):
         keep: str = "last",
         prior_scales: Sequence[float] = (1.0,),
         rank: str = "loss",
+        screen: float = 0.0,
     ) -> None:
         for key, value in (("init", init), ("space", space), ("keep", keep), ("rank", rank)):
             check_choice(key, value)
         check_prior_scales(prior_scales)
+        check_screen(screen)
         if not adam_smoothing >= 0:
             raise ConfigError(f"adam_smoothing must be >= 0 (0: the client's exact Adam step), got {adam_smoothing}")
         if iterations < 1 or restarts < 1:
@@ -157,6 +169,10 @@ class GradientInversion(Component):
         self.space, self.keep = space, keep
         self.prior_scales = [float(v) for v in prior_scales]
         self.rank = rank
+        self.screen = float(screen)
+        if self.screen and not getattr(self.optimizer, "independent_trials", True):
+            raise ConfigError(f"screen: needs an optimizer that steps the trials together (adam); "
+                              f"{self.optimizer.name!r} runs them one after another, so set screen = 0")
 
     def components(self) -> list[Component]:
         return [self, self.objective, *(c for _, _, c in self.regularizers), self.optimizer, self.label_strategy, self.bn_strategy,
@@ -179,6 +195,7 @@ class GradientInversion(Component):
             "keep": self.keep,
             "prior_scales": self.prior_scales,
             "rank": self.rank,
+            "screen": self.screen,
         }
 
     # ------------------------------------------------------------------ setup
@@ -231,7 +248,8 @@ class GradientInversion(Component):
             logits = guess.logits.clone().to(device) if guess.trainable else None
             groups = [list(range(r))] if getattr(self.optimizer, "independent_trials", True) else [[i] for i in range(r)]
             curves: list[list[float]] = [[] for _ in range(r)]
-            used = [self._optimise(sim, observed, guess, ctx_base, x, logits, group, curves, gi, callback, space)
+            spent = [0]
+            used = [self._optimise(sim, observed, guess, ctx_base, x, logits, group, curves, gi, callback, space, spent)
                     for gi, group in enumerate(groups)]
             lo, hi = inputs.data_range
             x = space.pixels(x).clamp(lo, hi)
@@ -251,7 +269,8 @@ class GradientInversion(Component):
             trial_objectives=objectives,
             best_trial=best,
             timing={"total_s": elapsed, "per_iteration_s": elapsed / sum(used), "iterations": self.iterations,
-                    "iterations_used": max(used), "stopped_early": max(used) < self.iterations},
+                    "iterations_used": max(used), "stopped_early": max(used) < self.iterations,
+                    "trial_iterations": spent[0]},
             config=self.config(),
             all_images=x.detach().clone(),
             trial_curves=curves,
@@ -297,20 +316,26 @@ class GradientInversion(Component):
             return total.detach(), obj.detach()
         return total, obj
 
-    def _optimise(self, sim, observed, guess, ctx_base, x, logits, group, curves, gi, callback, space) -> int:
-        """Optimise one group of trials in place; returns the iterations it ran (the stopping rule may end it early)."""
+    def _optimise(self, sim, observed, guess, ctx_base, x, logits, group, curves, gi, callback, space, spent) -> int:
+        """Optimise one group of trials in place; returns the iterations it ran (the stopping rule may end it early).
+        ``spent[0]`` counts the trial-iterations computed (a screened-out trial computes no more)."""
         xg = x[group].clone().requires_grad_(True)
         lg = logits[group].clone().requires_grad_(True) if logits is not None else None
         variables = [xg] + ([lg] if lg is not None else [])
         last: list[float] = [0.0] * len(group)
         best_loss = [float("inf")] * len(group)
         best: list[tuple[Tensor, Tensor | None] | None] = [None] * len(group)
+        active = [True] * len(group)
+        frozen: dict[int, tuple[Tensor, Tensor | None]] = {}  # screened-out trials (images, logits), held where they were
+        screen_at = max(1, round(self.screen * self.iterations)) if self.screen and len(group) > 1 else None
 
         def closure() -> Tensor:
             group_mean = space.pixels(xg.detach()).mean(0) if len(group) > 1 else None
             grads = [torch.zeros_like(v) for v in variables]
             total = 0.0
             for j in range(len(group)):
+                if not active[j]:
+                    continue
                 loss, _ = self._trial_loss(sim, observed, guess, ctx_base, space.pixels(xg[j]), lg, j, group_mean,
                                            scale=self._prior_scale(group[j]))
                 for acc, g in zip(grads, torch.autograd.grad(loss, variables, allow_unused=True)):
@@ -327,13 +352,37 @@ class GradientInversion(Component):
 
         ran = [0]
 
+        def screen_out() -> None:
+            """Rank the trials at their kept iterates, at the preset's weights, and freeze all but the best."""
+            kept = [best[j][0] if self.keep == "best" and best[j] is not None else xg[j].detach() for j in range(len(group))]
+            images = space.pixels(torch.stack(kept))
+            group_mean = images.mean(0) if len(group) > 1 else None
+            scores = [self._score(*(float(t) for t in self._trial_loss(sim, observed, guess, ctx_base, images[j], lg, j,
+                                                                       group_mean, create_graph=False)))
+                      for j in range(len(group))]
+            winner = min(range(len(group)), key=scores.__getitem__)
+            for j in range(len(group)):
+                if j != winner:
+                    active[j] = False
+                    frozen[j] = (xg[j].detach().clone(), lg[j].detach().clone() if lg is not None else None)
+
         def on_step(it: int, _loss: float) -> None:
             for j, t in enumerate(group):
-                curves[t].append(last[j])
+                if active[j]:
+                    curves[t].append(last[j])
+                    spent[0] += 1
+            with torch.no_grad():
+                for j, (images, trial_logits) in frozen.items():  # Adam's momentum would move them on
+                    xg[j] = images
+                    if lg is not None:
+                        lg[j] = trial_logits
             ran[0] = it + 1
+            if it + 1 == screen_at:
+                screen_out()
+            running = min(last[j] for j in range(len(group)) if active[j])
             if callback is not None:
-                callback(gi * self.iterations + it, min(last))
-            if self.stop.reached(min(last)):
+                callback(gi * self.iterations + it, running)
+            if self.stop.reached(running):
                 raise _Stop
 
         self.stop.reset()
