@@ -417,6 +417,11 @@ def main() -> None:
     parser.add_argument("--render", default=None, metavar="ROWS,...",
                         help="measure nothing: one table from rows.json files of earlier runs (shards), into --out")
     args = parser.parse_args()
+    try:
+        shard, shards = (int(v) for v in args.shard.split("/"))
+        assert 0 <= shard < shards
+    except (ValueError, AssertionError):
+        parser.error(f"--shard: expected I/N with 0 <= I < N, got {args.shard!r}")
     console = Console(width=220)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -433,11 +438,6 @@ def main() -> None:
                      f"or ours:PRESET with PRESET one of {', '.join(PRESETS)}")
     if "breaching" in methods and breaching is None:
         parser.error("--methods breaching: breaching is not installed; run make bench-setup")
-    try:
-        shard, shards = (int(v) for v in args.shard.split("/"))
-        assert 0 <= shard < shards
-    except (ValueError, AssertionError):
-        parser.error(f"--shard: expected I/N with 0 <= I < N, got {args.shard!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     budgets = sorted(int(b) for b in args.budgets.split(","))
