@@ -139,6 +139,19 @@ def test_screening_runs_the_winner_exactly_as_without_it_and_stops_computing_the
     assert screened.timing["iterations_used"] == 40
 
 
+def test_screening_holds_learnt_labels_too() -> None:
+    """Labels optimised jointly (logits per trial): a screened-out trial's logits stay put with its images."""
+    inputs, _, _ = _case()
+    tm = ThreatModel(labels="unknown", num_images=1)
+    over = {"iterations": 12, "labels": "joint", "restarts": 3}
+    full = build_attack("inverting-gradients", {**over, "screen": 0.0}).run(inputs, tm)
+    screened = build_attack("inverting-gradients", over).run(inputs, tm)
+    w = screened.best_trial
+    assert screened.trial_curves[w] == full.trial_curves[w]
+    assert w == full.best_trial and torch.equal(screened.labels, full.labels)
+    assert sorted(len(c) for c in screened.trial_curves) == [3, 3, 12] and screened.timing["trial_iterations"] == 18
+
+
 def test_screening_keeps_the_trial_the_full_ranking_keeps_on_the_floor_case() -> None:
     inputs, tm, _ = _case()
     full = build_attack("inverting-gradients", {"iterations": 80, "screen": 0.0}).run(inputs, tm)
