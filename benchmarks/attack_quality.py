@@ -295,21 +295,29 @@ def side_by_side(rows: list[dict]) -> list[str]:
     return out
 
 
-def noise_row(case: Case) -> dict:
+def case_images(case: Case, wanted: int) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """The case's private images and labels (``wanted`` rounded down to whole batches, at least one), the rest of the
+    sample images (what the trained model learns from) and the class count."""
+    x_all, y_all = load_sample_images(case.data)
+    x_all = resize_images(x_all, SIDE)
+    n = wanted - wanted % case.batch or case.batch
+    return x_all[:n], y_all[:n], x_all[n:], y_all[n:], 10 if case.data.startswith("cifar") else 1000
+
+
+def mean_scores(scores: list[dict]) -> dict[str, float]:
+    """Mean LPIPS, PSNR and SSIM over every image of every batch's (matched) scores."""
+    return {k: statistics.fmean(v for s in scores for v in s[k]) for k in ("lpips", "psnr", "ssim")}
+
+
+def noise_row(case: Case, wanted: int) -> dict:
     """The score of our attack's own start (mean + std * N(0, 1) per channel, seed 0) against the case's private images:
     a content-free reference, so that a method scoring near it reads as having recovered nothing."""
-    x_all, _ = load_sample_images(case.data)
-    wanted = case.images or 4
-    n = wanted - wanted % case.batch or case.batch
-    x_t = resize_images(x_all, SIDE)[:n]
-    num_classes = 10 if case.data.startswith("cifar") else 1000
+    x_t, _, _, _, num_classes = case_images(case, wanted)
     mean, std = input_statistics(build_model(case.model, (3, SIDE, SIDE), num_classes), 3)
     start = (mean + std * torch.randn(x_t.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
-    scores = [evaluate_reconstruction(start[i : i + case.batch], x_t[i : i + case.batch]) for i in range(0, n, case.batch)]
-    return {**asdict(case), "case": case.label, "method": NOISE, "budget": 0, "images": n,
-            "lpips": statistics.fmean(v for s in scores for v in s["lpips"]),
-            "psnr": statistics.fmean(v for s in scores for v in s["psnr"]),
-            "ssim": statistics.fmean(v for s in scores for v in s["ssim"]), "compute": 0.0, "seconds": 0.0}
+    scores = [evaluate_reconstruction(start[i : i + case.batch], x_t[i : i + case.batch]) for i in range(0, len(x_t), case.batch)]
+    return {**asdict(case), "case": case.label, "method": NOISE, "budget": 0, "images": len(x_t), **mean_scores(scores),
+            "compute": 0.0, "seconds": 0.0}
 
 
 def render(rows: list[dict], out: Path, console: Console, sources: list[Path] | None = None) -> None:
@@ -318,7 +326,8 @@ def render(rows: list[dict], out: Path, console: Console, sources: list[Path] | 
         first = next(r for r in rows if r["case"] == label)
         if not {"data", "model", "trained", "batch"} <= first.keys():  # rows that do not say what their case was
             continue
-        rows.append(noise_row(Case(**{k: tuple(v) if isinstance(v, list) else v for k, v in first.items() if k in fields})))
+        case = Case(**{k: tuple(v) if isinstance(v, list) else v for k, v in first.items() if k in fields})
+        rows.append(noise_row(case, int(first["images"])))
     add_reach(rows)
     (out / "rows.json").write_text(json.dumps(rows, indent=1))
     table = Table(title="attack quality: mean over the private images, matched one-to-one (LPIPS lower is better)")
@@ -356,13 +365,9 @@ def render(rows: list[dict], out: Path, console: Console, sources: list[Path] | 
 def measure(case: Case, methods: list[str], budgets: list[int], images: int, out: Path, console: Console) -> list[dict]:
     """Every method on one case at every budget (our default also at half the smallest, for the half-iterations
     reading); rows of mean LPIPS, PSNR, SSIM, compute (trial-iterations over the budget) and seconds."""
-    x_all, y_all = load_sample_images(case.data)
-    x_all = resize_images(x_all, SIDE)
-    num_classes = 10 if case.data.startswith("cifar") else 1000
-    wanted = case.images or images
-    n = wanted - wanted % case.batch or case.batch
-    x_t, y_t = x_all[:n], y_all[:n]
-    model = case_model(case, x_all[n:], y_all[n:], num_classes)
+    x_t, y_t, x_rest, y_rest, num_classes = case_images(case, case.images or images)
+    n = len(x_t)
+    model = case_model(case, x_rest, y_rest, num_classes)
     batches = [(x_t[i : i + case.batch], y_t[i : i + case.batch]) for i in range(0, n, case.batch)]
     grads = [target_gradient(model, xb, yb) for xb, yb in batches]
     exact = [record_bn_stats(model, xb) if case.bn == "exact" else None for xb, _ in batches]
@@ -388,10 +393,7 @@ def measure(case: Case, methods: list[str], budgets: list[int], images: int, out
             matched = torch.cat([recon_t[i : i + case.batch][torch.as_tensor(s["perm"])]
                                  for i, s in zip(range(0, n, case.batch), scores)])
             shown.append((method, matched))
-            row = {**asdict(case), "case": case.label, "method": method, "budget": budget, "images": n,
-                   "lpips": statistics.fmean(v for s in scores for v in s["lpips"]),
-                   "psnr": statistics.fmean(v for s in scores for v in s["psnr"]),
-                   "ssim": statistics.fmean(v for s in scores for v in s["ssim"]),
+            row = {**asdict(case), "case": case.label, "method": method, "budget": budget, "images": n, **mean_scores(scores),
                    "compute": spent / (budget * len(batches)), "seconds": seconds}
             rows.append(row)
             console.print(f"{case.label:36s} {budget:5d} {method:22s} LPIPS {row['lpips']:.3f}  PSNR {row['psnr']:5.2f}  "
