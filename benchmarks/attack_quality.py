@@ -429,7 +429,16 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.render:
         files = [Path(f) for f in args.render.split(",")]
-        rows = [r for f in files for r in json.loads(f.read_text())]
+        rows = []
+        for f in files:
+            try:
+                loaded = json.loads(f.read_text())
+                if not isinstance(loaded, list) or not all(isinstance(r, dict) and {"case", "method", "budget", "lpips"} <= r.keys()
+                                                           for r in loaded):
+                    raise ValueError("not a list of this benchmark's rows")
+            except (OSError, ValueError) as exc:
+                parser.error(f"--render: cannot read rows from {f}: {exc}")
+            rows += loaded
         render(rows, out, console, sources=[f.parent for f in files])
         return
     methods = [m for m in args.methods.split(",") if m]

@@ -203,7 +203,11 @@ def test_the_quality_benchmark_reads_half_the_iterations_off_the_budget_grid(tmp
 
 
 @pytest.mark.parametrize(("args", "error"), [(["--methods", "best-ever"], "--methods: unknown method 'best-ever'; choose from pixel"),
-                                             (["--shard", "2/2", "--methods", "default"], "--shard: expected I/N with 0 <= I < N, got '2/2'")])
+                                             (["--shard", "2/2", "--methods", "default"], "--shard: expected I/N with 0 <= I < N, got '2/2'"),
+                                             (["--only", "cifar10 mlp b1", "--methods", "default"],
+                                              "--only: no case 'cifar10 mlp b1' in --cases readme; its cases: cifar10 convnet b1"),
+                                             (["--render", "no-such-rows.json"], "--render: cannot read rows from no-such-rows.json"),
+                                             (["--render", "README.md"], "--render: cannot read rows from README.md")])
 def test_the_quality_benchmark_refuses_bad_options_in_one_line(args: list[str], error: str) -> None:
     done = subprocess.run([sys.executable, "benchmarks/attack_quality.py", *args], capture_output=True, text=True, cwd=ROOT, check=False,
                           timeout=300)
