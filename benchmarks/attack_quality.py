@@ -56,6 +56,7 @@ from experiments._inversion import image_grid
 from fl_sim.data import load_sample_images
 from fl_sim.data.images import resize_images
 from fl_sim.models import build_model, input_statistics
+from fl_sim.models.bn_stats import batch_statistics
 
 try:  # the peer, an optional bench-only dependency (make bench-setup)
     with warnings.catch_warnings():
@@ -181,14 +182,9 @@ def exact_buffers(net: nn.Module, x: Tensor) -> list[Tensor]:
     """The network's buffers holding the private batch's statistics (mean, biased variance: what a train-mode forward
     normalised with), in ``net.buffers()`` order, as breaching takes a user's buffers."""
     probe = copy.deepcopy(net).train()
-    stats: dict[str, tuple[Tensor, Tensor]] = {}
-    hooks = [m.register_forward_hook(lambda m, i, _o, name=name: stats.__setitem__(
-                 name, (i[0].mean((0, 2, 3)), i[0].var((0, 2, 3), unbiased=False))))
-             for name, m in probe.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    with torch.no_grad():
+    with torch.no_grad(), batch_statistics(probe) as layers:
         probe(x)
-    for h in hooks:
-        h.remove()
+    stats = {name: (mean, var) for name, mean, var in layers}
     out = []
     for name, buf in net.named_buffers():
         module, _, kind = name.rpartition(".")

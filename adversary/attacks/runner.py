@@ -356,7 +356,7 @@ class GradientInversion(Component):
             """Rank the trials at their kept iterates, at the preset's weights, and freeze all but the best."""
             kept = [best[j][0] if self.keep == "best" and best[j] is not None else xg[j].detach() for j in range(len(group))]
             images = space.pixels(torch.stack(kept))
-            group_mean = images.mean(0) if len(group) > 1 else None
+            group_mean = images.mean(0)  # screening runs only where the group holds several trials
             scores = [self._score(*(float(t) for t in self._trial_loss(sim, observed, guess, ctx_base, images[j], lg, j,
                                                                        group_mean, create_graph=False)))
                       for j in range(len(group))]
