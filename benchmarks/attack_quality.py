@@ -24,8 +24,12 @@ this method's mean LPIPS is at least as good as the other's at that budget (``>`
 it never is). Our default also runs at half the smallest budget, and "default in half" says, per setting
 (case and budget), whether it reaches breaching's LPIPS in at most half breaching's iterations.
 
+``--seeds N`` runs every method from N random starts (seeds 0..N-1: our attack's ``seed``, breaching's torch
+seed) per batch: a row is their mean, shown with the spread of the per-seed means (where the attack recovers
+nothing, which noise a start ends in moves LPIPS by more than the methods differ).
+
     .venv/bin/python benchmarks/attack_quality.py [--cases readme|matrix|full|smoke] [--budgets 300,1200]
-        [--images 4] [--methods "default,pixel,breaching"] [--out DIR] [--threads 1] [--shard I/N]
+        [--images 4] [--methods "default,pixel,breaching"] [--out DIR] [--threads 1] [--shard I/N] [--seeds 1]
     .venv/bin/python benchmarks/attack_quality.py --render DIR0/rows.json,DIR1/rows.json --out DIR  # shards' table
 """
 
@@ -129,6 +133,11 @@ CASE_SETS: dict[str, list[Case]] = {
                Case("imagenet-sample", "resnet18", True, 1, images=1, budgets=(300,)),
                Case("cifar10-sample", "convnet", False, 4, images=4, budgets=(300, 1200)),
                Case("imagenet-sample", "convnet", False, 4, images=4, budgets=(300, 1200))],
+    # the ResNet-18 settings at 300 iterations where the matrix's single start per method decided the row (the default
+    # above breaching, or within 0.01 of it), for --seeds: several random starts per method (ordered for --shard 0/2, 1/2)
+    "resnet-seeds": [Case("cifar10-sample", "resnet18", False, 4, images=4, budgets=(300,)),
+                     Case("cifar10-sample", "resnet18", True, 1, images=1, budgets=(300,)),
+                     Case("cifar10-sample", "resnet18", False, 1, images=1, budgets=(300,))],
     # every case the issue names: for a machine with time (or a GPU)
     "full": [Case(d, m, t, b, bn=bn) for d in ("cifar10-sample", "imagenet-sample") for m, t in
              (("convnet", False), ("resnet18", False), ("resnet18", True)) for b in (1, 4)
@@ -160,10 +169,10 @@ def target_gradient(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]
 
 
 def run_ours(method: str, model: nn.Module, grad: dict[str, Tensor], y: Tensor, budget: int,
-             bn_exact: list[tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, int]:
+             bn_exact: list[tuple[Tensor, Tensor]] | None = None, seed: int = 0) -> tuple[Tensor, int]:
     """Our attack's images and the trial-iterations it computed (its cost: restarts that run in full each count)."""
     preset, over = VARIANTS[method] if method in VARIANTS else (method.removeprefix("ours:"), {})
-    over = {**over, "iterations": budget}
+    over = {**over, "iterations": budget, "seed": seed}
     if bn_exact is not None:
         over = {**over, **BN_EXACT, "regularizers": {**over.get("regularizers", {}), **BN_EXACT["regularizers"]}}
     attack = build_attack(preset, over)
@@ -192,7 +201,8 @@ def exact_buffers(net: nn.Module, x: Tensor) -> list[Tensor]:
     return out
 
 
-def run_breaching(model: nn.Module, grad: dict[str, Tensor], y: Tensor, budget: int, x_private: Tensor | None = None) -> Tensor:
+def run_breaching(model: nn.Module, grad: dict[str, Tensor], y: Tensor, budget: int, x_private: Tensor | None = None,
+                  seed: int = 0) -> Tensor:
     """breaching's IG on the network behind our Normalize, with its statistics: the same function of the images.
     ``x_private`` given: the user hands its batch's BatchNorm statistics over as buffers (the bn-exact grant)."""
     mean, std = input_statistics(model, 3)
@@ -201,14 +211,15 @@ def run_breaching(model: nn.Module, grad: dict[str, Tensor], y: Tensor, budget: 
     buffers = None if x_private is None else exact_buffers(net, (x_private - mean) / std)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         cfg = breaching.get_attack_config("invertinggradients", overrides=[f"optim.max_iterations={budget}",
                                                                           "optim.callback=1000000000"])
-        attacker = breaching.attacks.prepare_attack(net, nn.CrossEntropyLoss(), cfg, dict(device=torch.device("cpu"), dtype=torch.float))
-        meta = OmegaConf.create(dict(shape=[3, SIDE, SIDE], modality="vision", mean=mean.flatten().tolist(), std=std.flatten().tolist()))
-        payload = [dict(parameters=[p.detach() for p in net.parameters()], buffers=None, metadata=meta)]
-        shared = [dict(gradients=[g.clone() for g in grads], buffers=buffers,
-                       metadata=dict(num_data_points=int(y.shape[0]), labels=y.clone(), local_hyperparams=None))]
+        attacker = breaching.attacks.prepare_attack(net, nn.CrossEntropyLoss(), cfg, {"device": torch.device("cpu"), "dtype": torch.float})
+        meta = OmegaConf.create({"shape": [3, SIDE, SIDE], "modality": "vision", "mean": mean.flatten().tolist(),
+                                 "std": std.flatten().tolist()})
+        payload = [{"parameters": [p.detach() for p in net.parameters()], "buffers": None, "metadata": meta}]
+        shared = [{"gradients": [g.clone() for g in grads], "buffers": buffers,
+                   "metadata": {"num_data_points": int(y.shape[0]), "labels": y.clone(), "local_hyperparams": None}}]
         out, _ = attacker.reconstruct(payload, shared, {}, dryrun=False)
     return (out["data"] * std + mean).clamp(0, 1)
 
@@ -270,12 +281,17 @@ def montage(rows: list[dict], sources: list[Path], out: Path, per_row: int = 6) 
     return path
 
 
+def lpips_cell(row: dict) -> str:
+    """Mean LPIPS, with the spread over seeds where the row ran several."""
+    return f"{row['lpips']:.3f}" + (f" ± {row['lpips_sd']:.3f}" if "lpips_sd" in row else "")
+
+
 def side_by_side(rows: list[dict]) -> list[str]:
     """The README's table: per case and budget, our default beside breaching (LPIPS / PSNR), the start's LPIPS, what the
     default computed, and whether it reached breaching's LPIPS in at most half the iterations."""
     def cell(case: str, method: str, budget: int) -> str:
         r = next((r for r in rows if r["case"] == case and r["method"] == method and r["budget"] == budget), None)
-        return "" if r is None else f"{r['lpips']:.3f} / {r['psnr']:.1f}"
+        return "" if r is None else f"{lpips_cell(r)} / {r['psnr']:.1f}"
 
     out = ["| case | budget | default | breaching | start (noise) | default's compute | default reaches breaching at | in half |",
            "| --- " * 8 + "|"]
@@ -334,7 +350,7 @@ def render(rows: list[dict], out: Path, console: Console, sources: list[Path] | 
     lines = ["| " + " | ".join(cols) + " |", "| --- " * len(cols) + "|"]
     for r in sorted(rows, key=lambda r: (r["case"], r["budget"])):
         start = r["method"] == NOISE
-        cells = [r["case"], "start" if start else str(r["budget"]), r["method"], f"{r['lpips']:.3f}", f"{r['psnr']:.2f}",
+        cells = [r["case"], "start" if start else str(r["budget"]), r["method"], lpips_cell(r), f"{r['psnr']:.2f}",
                  f"{r['ssim']:.3f}", "" if start else f"{r['compute']:.2f}x", "" if start else f"{r['seconds']:.0f}",
                  *(r.get(c, "") for c in extra)]
         table.add_row(*cells)
@@ -358,9 +374,12 @@ def render(rows: list[dict], out: Path, console: Console, sources: list[Path] | 
     console.print(f"written: {out / 'table.md'}, {out / 'rows.json'}, the grids{f' and {sheet}' if sheet else ''}")
 
 
-def measure(case: Case, methods: list[str], budgets: list[int], images: int, out: Path, console: Console) -> list[dict]:
+def measure(case: Case, methods: list[str], budgets: list[int], images: int, out: Path, console: Console,
+            seeds: int = 1) -> list[dict]:
     """Every method on one case at every budget (our default also at half the smallest, for the half-iterations
-    reading); rows of mean LPIPS, PSNR, SSIM, compute (trial-iterations over the budget) and seconds."""
+    reading); rows of mean LPIPS, PSNR, SSIM, compute (trial-iterations over the budget) and seconds per run.
+    ``seeds`` > 1: every method runs from that many random starts (seeds 0, 1, ...) on every batch; the row averages
+    them and ``lpips_sd`` is the spread of the per-seed means, what one start alone may be off by."""
     x_t, y_t, x_rest, y_rest, num_classes = case_images(case, case.images or images)
     n = len(x_t)
     model = case_model(case, x_rest, y_rest, num_classes)
@@ -373,26 +392,32 @@ def measure(case: Case, methods: list[str], budgets: list[int], images: int, out
         shown = [("original", x_t)]
         for method in methods if budget in budgets else [DEFAULT]:
             start = time.perf_counter()
-            recon, spent = [], 0
-            for g, (xb, yb), bn in zip(grads, batches, exact):
-                if method == "breaching":
-                    recon.append(run_breaching(model, g, yb, budget, xb if case.bn == "exact" else None))
-                    spent += budget
-                else:
-                    images_b, used = run_ours(method, model, g, yb, budget, bn)
-                    recon.append(images_b)
-                    spent += used
-            recon_t = torch.cat(recon)
-            seconds = time.perf_counter() - start
-            scores = [evaluate_reconstruction(recon_t[i : i + case.batch].clamp(0, 1), x_t[i : i + case.batch])
-                      for i in range(0, n, case.batch)]
+            per_seed, spent = [], 0
+            for seed in range(seeds):
+                recon = []
+                for g, (xb, yb), bn in zip(grads, batches, exact):
+                    if method == "breaching":
+                        recon.append(run_breaching(model, g, yb, budget, xb if case.bn == "exact" else None, seed))
+                        spent += budget
+                    else:
+                        images_b, used = run_ours(method, model, g, yb, budget, bn, seed)
+                        recon.append(images_b)
+                        spent += used
+                recon_t = torch.cat(recon)
+                per_seed.append((recon_t, [evaluate_reconstruction(recon_t[i : i + case.batch].clamp(0, 1), x_t[i : i + case.batch])
+                                           for i in range(0, n, case.batch)]))
+            seconds = (time.perf_counter() - start) / seeds
+            recon_t, scores = per_seed[0]  # the grid shows seed 0's
             matched = torch.cat([recon_t[i : i + case.batch][torch.as_tensor(s["perm"])]
                                  for i, s in zip(range(0, n, case.batch), scores)])
             shown.append((method, matched))
-            row = {**asdict(case), "case": case.label, "method": method, "budget": budget, "images": n, **mean_scores(scores),
-                   "compute": spent / (budget * len(batches)), "seconds": seconds}
+            row = {**asdict(case), "case": case.label, "method": method, "budget": budget, "images": n,
+                   **mean_scores([s for _, scores_s in per_seed for s in scores_s]),
+                   "compute": spent / (budget * len(batches) * seeds), "seconds": seconds, "seeds": seeds}
+            if seeds > 1:
+                row["lpips_sd"] = statistics.stdev(mean_scores(scores_s)["lpips"] for _, scores_s in per_seed)
             rows.append(row)
-            console.print(f"{case.label:36s} {budget:5d} {method:22s} LPIPS {row['lpips']:.3f}  PSNR {row['psnr']:5.2f}  "
+            console.print(f"{case.label:36s} {budget:5d} {method:22s} LPIPS {lpips_cell(row)}  PSNR {row['psnr']:5.2f}  "
                           f"SSIM {row['ssim']:.3f}  compute {row['compute']:.2f}x  {seconds:6.1f} s", highlight=False)
         if budget in budgets:
             image_grid(out / f"grid-{case.label.replace(' ', '-')}-{budget}.png", shown,
@@ -409,6 +434,8 @@ def main() -> None:
                         help=f"comma-separated: {', '.join(VARIANTS)}, ours:PRESET, breaching")
     parser.add_argument("--out", default="runs/attack-quality", help="folder for the table, the figures and the grids")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="random starts per method and batch (seeds 0..N-1); rows average them and show their spread")
     parser.add_argument("--shard", default="0/1", help="I/N: run the cases I, I+N, ... of the set (N processes side by side)")
     parser.add_argument("--only", default=None, metavar="LABEL,...",
                         help="run only these cases of the set, by the label the table prints (e.g. 'cifar10 convnet b4')")
@@ -445,6 +472,8 @@ def main() -> None:
                      f"or ours:PRESET with PRESET one of {', '.join(PRESETS)}")
     if "breaching" in methods and breaching is None:
         parser.error("--methods breaching: breaching is not installed; run make bench-setup")
+    if args.seeds < 1:
+        parser.error(f"--seeds: must be an integer >= 1, got {args.seeds}")
     if args.threads:
         torch.set_num_threads(args.threads)
     budgets = sorted(int(b) for b in args.budgets.split(","))
@@ -458,7 +487,7 @@ def main() -> None:
             parser.error(f"--only: no case {missing[0]!r} in --cases {args.cases}; its cases: {', '.join(labels)}")
         cases = [c for c in cases if c.label in wanted]
     for case in cases[shard::shards]:
-        rows += measure(case, methods, budgets, args.images, out, console)
+        rows += measure(case, methods, budgets, args.images, out, console, args.seeds)
         (out / "rows.json").write_text(json.dumps(rows, indent=1))
     render(rows, out, console)
 

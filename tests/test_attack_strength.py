@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -202,7 +203,26 @@ def test_the_quality_benchmark_reads_half_the_iterations_off_the_budget_grid(tmp
     assert len(json.loads((tmp_path / "rows.json").read_text())) == len(rows)
 
 
+def test_the_quality_benchmark_averages_seeds_and_reports_their_spread(tmp_path: Path) -> None:
+    """--seeds N: each method runs from N random starts; the row is their mean and lpips_sd the spread of the per-seed
+    means, the same numbers as the runs taken one by one."""
+    aq = _quality_benchmark()
+    case = aq.Case("cifar10-sample", "convnet", False, 1, images=1, budgets=(6,))
+    rows = aq.measure(case, ["default"], [6], 1, tmp_path, aq.Console(file=io.StringIO()), seeds=2)
+    row = next(r for r in rows if r["budget"] == 6)
+    x_t, y_t, x_rest, y_rest, num_classes = aq.case_images(case, 1)
+    model = aq.case_model(case, x_rest, y_rest, num_classes)
+    grad = aq.target_gradient(model, x_t, y_t)
+    alone = [evaluate_reconstruction(aq.run_ours("default", model, grad, y_t, 6, seed=s)[0].clamp(0, 1), x_t)["lpips_avg"]
+             for s in (0, 1)]
+    assert alone[0] != alone[1] and row["seeds"] == 2
+    assert row["lpips"] == pytest.approx(sum(alone) / 2, abs=1e-6)
+    assert row["lpips_sd"] == pytest.approx(abs(alone[0] - alone[1]) / math.sqrt(2), abs=1e-6)
+    assert aq.lpips_cell(row) == f"{row['lpips']:.3f} ± {row['lpips_sd']:.3f}" and aq.lpips_cell({"lpips": 0.5}) == "0.500"
+
+
 @pytest.mark.parametrize(("args", "error"), [(["--methods", "best-ever"], "--methods: unknown method 'best-ever'; choose from pixel"),
+                                             (["--seeds", "0", "--methods", "default"], "--seeds: must be an integer >= 1, got 0"),
                                              (["--shard", "2/2", "--methods", "default"], "--shard: expected I/N with 0 <= I < N, got '2/2'"),
                                              (["--only", "cifar10 mlp b1", "--methods", "default"],
                                               "--only: no case 'cifar10 mlp b1' in --cases readme; its cases: cifar10 convnet b1"),
