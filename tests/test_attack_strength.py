@@ -213,12 +213,19 @@ def test_the_quality_benchmark_averages_seeds_and_reports_their_spread(tmp_path:
     x_t, y_t, x_rest, y_rest, num_classes = aq.case_images(case, 1)
     model = aq.case_model(case, x_rest, y_rest, num_classes)
     grad = aq.target_gradient(model, x_t, y_t)
-    alone = [evaluate_reconstruction(aq.run_ours("default", model, grad, y_t, 6, seed=s)[0].clamp(0, 1), x_t)["lpips_avg"]
+    alone = [evaluate_reconstruction(aq.run_ours("default", model, grad, y_t, 6, seed=s).images.clamp(0, 1), x_t)["lpips_avg"]
              for s in (0, 1)]
     assert alone[0] != alone[1] and row["seeds"] == 2
     assert row["lpips"] == pytest.approx(sum(alone) / 2, abs=1e-6)
     assert row["lpips_sd"] == pytest.approx(abs(alone[0] - alone[1]) / math.sqrt(2), abs=1e-6)
     assert aq.lpips_cell(row) == f"{row['lpips']:.3f} ± {row['lpips_sd']:.3f}" and aq.lpips_cell({"lpips": 0.5}) == "0.500"
+    # every trial the attack ended with, scored for the reader only: one picked per run, the oracle no worse than it
+    assert sorted((t["seed"], t["trial"]) for t in row["trials"]) == [(s, j) for s in (0, 1) for j in range(3)]
+    for s in (0, 1):
+        picked = [t for t in row["trials"] if t["seed"] == s and t["picked"]]
+        assert len(picked) == 1 and picked[0]["lpips"] == pytest.approx(alone[s], abs=1e-6)
+    best = [min(t["lpips"] for t in row["trials"] if t["seed"] == s) for s in (0, 1)]
+    assert row["oracle_lpips"] == pytest.approx(sum(best) / 2) and row["oracle_lpips"] <= row["lpips"]
 
 
 @pytest.mark.parametrize(("args", "error"), [(["--methods", "best-ever"], "--methods: unknown method 'best-ever'; choose from pixel"),
