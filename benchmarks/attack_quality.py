@@ -430,7 +430,8 @@ def measure(case: Case, methods: list[str], budgets: list[int], images: int, out
                    **mean_scores([s for _, scores_s in per_seed for s in scores_s]),
                    "compute": spent / (budget * len(batches) * seeds), "seconds": seconds, "seeds": seeds}
             if seeds > 1:
-                row["lpips_sd"] = statistics.stdev(mean_scores(scores_s)["lpips"] for _, scores_s in per_seed)
+                row["lpips_seeds"] = [mean_scores(scores_s)["lpips"] for _, scores_s in per_seed]
+                row["lpips_sd"] = statistics.stdev(row["lpips_seeds"])
             if trials:
                 runs = {(t["seed"], t["batch"]) for t in trials}
                 row["oracle_lpips"] = statistics.fmean(min(t["lpips"] for t in trials if (t["seed"], t["batch"]) == k) for k in runs)

@@ -216,7 +216,7 @@ def test_the_quality_benchmark_averages_seeds_and_reports_their_spread(tmp_path:
     alone = [evaluate_reconstruction(aq.run_ours("default", model, grad, y_t, 6, seed=s).images.clamp(0, 1), x_t)["lpips_avg"]
              for s in (0, 1)]
     assert alone[0] != alone[1] and row["seeds"] == 2
-    assert row["lpips"] == pytest.approx(sum(alone) / 2, abs=1e-6)
+    assert row["lpips"] == pytest.approx(sum(alone) / 2, abs=1e-6) and row["lpips_seeds"] == pytest.approx(alone, abs=1e-6)
     assert row["lpips_sd"] == pytest.approx(abs(alone[0] - alone[1]) / math.sqrt(2), abs=1e-6)
     assert aq.lpips_cell(row) == f"{row['lpips']:.3f} ± {row['lpips_sd']:.3f}" and aq.lpips_cell({"lpips": 0.5}) == "0.500"
     # every trial the attack ended with, scored for the reader only: one picked per run, the oracle no worse than it
