@@ -325,7 +325,6 @@ class GradientInversion(Component):
         last: list[float] = [0.0] * len(group)
         best_loss = [float("inf")] * len(group)
         best: list[tuple[Tensor, Tensor | None] | None] = [None] * len(group)
-        active = [True] * len(group)
         frozen: dict[int, tuple[Tensor, Tensor | None]] = {}  # screened-out trials (images, logits), held where they were
         screen_at = max(1, round(self.screen * self.iterations)) if self.screen and len(group) > 1 else None
 
@@ -334,7 +333,7 @@ class GradientInversion(Component):
             grads = [torch.zeros_like(v) for v in variables]
             total = 0.0
             for j in range(len(group)):
-                if not active[j]:
+                if j in frozen:
                     continue
                 loss, _ = self._trial_loss(sim, observed, guess, ctx_base, space.pixels(xg[j]), lg, j, group_mean,
                                            scale=self._prior_scale(group[j]))
@@ -363,12 +362,11 @@ class GradientInversion(Component):
             winner = min(range(len(group)), key=scores.__getitem__)
             for j in range(len(group)):
                 if j != winner:
-                    active[j] = False
                     frozen[j] = (xg[j].detach().clone(), lg[j].detach().clone() if lg is not None else None)
 
         def on_step(it: int, _loss: float) -> None:
             for j, t in enumerate(group):
-                if active[j]:
+                if j not in frozen:
                     curves[t].append(last[j])
                     spent[0] += 1
             with torch.no_grad():
@@ -379,7 +377,7 @@ class GradientInversion(Component):
             ran[0] = it + 1
             if it + 1 == screen_at:
                 screen_out()
-            running = min(last[j] for j in range(len(group)) if active[j])
+            running = min(last[j] for j in range(len(group)) if j not in frozen)
             if callback is not None:
                 callback(gi * self.iterations + it, running)
             if self.stop.reached(running):
