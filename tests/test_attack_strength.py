@@ -97,6 +97,28 @@ def test_trials_of_different_priors_are_ranked_by_the_presets_weights() -> None:
     assert result.best_trial == min(range(2), key=lambda i: result.trial_losses[i])
 
 
+def test_where_no_trial_matched_the_update_the_strongest_prior_decides() -> None:
+    """Every objective above ``unmatched``: the fit says nothing about the images, so the trials of the strongest
+    prior compete alone (the rank decides among them); one trial below it: the rank decides among all, as before."""
+    inputs, tm, _ = _case()
+    over = {"iterations": 30, "restarts": 4, "prior_scales": [1.0, 100.0], "regularizers": {"tv": {"weight": 0.01}}}
+    ranked = build_attack("inverting-gradients-pixel", over).run(inputs, tm)
+    assert ranked.best_trial == min(range(4), key=lambda i: ranked.trial_losses[i]) and ranked.best_trial % 2 == 0
+    floor = min(ranked.trial_objectives)
+    unmatched = build_attack("inverting-gradients-pixel", {**over, "unmatched": 0.5 * floor}).run(inputs, tm)
+    assert unmatched.trial_objectives == ranked.trial_objectives  # the rule picks; it changes no trial's path
+    assert unmatched.best_trial == min((1, 3), key=lambda i: ranked.trial_losses[i])
+    assert unmatched.config["unmatched"] == pytest.approx(0.5 * floor)
+    matched = build_attack("inverting-gradients-pixel", {**over, "unmatched": 1.01 * floor}).run(inputs, tm)
+    assert matched.best_trial == ranked.best_trial
+
+
+@pytest.mark.parametrize("value", [0, -1.0, "high", True])
+def test_bad_unmatched_is_one_line(value) -> None:
+    with pytest.raises(ConfigError, match=r"^unmatched: must be a number > 0"):
+        preset_config("inverting-gradients", {"unmatched": value})
+
+
 @pytest.mark.parametrize("scales", [[], [0.0], ["a"], [True], 2.0])
 def test_bad_prior_scales_are_one_line(scales) -> None:
     with pytest.raises(ConfigError, match=r"^prior_scales: must be a non-empty list of numbers > 0"):

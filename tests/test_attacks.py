@@ -39,6 +39,7 @@ from adversary.attacks import (
 )
 from adversary.attacks.labels import LABEL_STRATEGIES
 from adversary.attacks.objectives import OBJECTIVES
+from adversary.attacks.regularizers import RegContext, TotalVariation
 from adversary.attacks.simulate import ClientSimulator
 from adversary.metrics import evaluate_reconstruction, psnr
 from fl_sim.data import load_sample_images
@@ -280,6 +281,28 @@ def test_presets_validate_keys():
         build_attack("huang-eq3", {"regularizers": {"tvv": 0.1}})
     for name in ("dlg", "idlg", "inverting-gradients", "huang-eq3", "gradinversion"):
         assert isinstance(build_attack(name), GradientInversion)
+
+
+def test_tv_on_the_input_space_with_breachings_border():
+    """TV in the model's normalised input counts each channel in units of its std; the border form adds the differences
+    to a zero column and row (right, below), which in that space pull the edges towards the data's mean colour."""
+    gen = torch.Generator().manual_seed(0)
+    mean, std = torch.tensor([0.4, 0.5, 0.45]).view(1, 3, 1, 1), torch.tensor([0.25, 0.2, 0.5]).view(1, 3, 1, 1)
+    ctx = RegContext(input_stats=(mean, std))
+    x = torch.rand(2, 3, 6, 8, generator=gen)
+    per_channel = [float(TotalVariation()(x[:, c : c + 1], RegContext())) for c in range(3)]
+    expected = sum(t / float(s) for t, s in zip(per_channel, std.flatten())) / 3
+    assert float(TotalVariation(space="input")(x, ctx)) == pytest.approx(expected, rel=1e-5)
+    assert float(TotalVariation(space="input")(x, RegContext())) == pytest.approx(float(TotalVariation()(x, RegContext())))
+    flat = torch.full((1, 3, 6, 8), 0.7)  # no inner differences: only the border's, |z| / W + |z| / H per channel
+    z = ((0.7 - mean) / std).abs().flatten()
+    assert float(TotalVariation(space="input", border=True)(flat, ctx)) == pytest.approx(float(z.mean()) * (1 / 8 + 1 / 6), rel=1e-5)
+    assert float(TotalVariation(space="input", border=True)(mean.expand(1, 3, 6, 8), ctx)) == pytest.approx(0.0, abs=1e-6)
+    assert float(TotalVariation(space="input")(flat, ctx)) == 0.0
+    with pytest.raises(ConfigError, match="regularizer 'tv': space 'normalised' is not one of data, input"):
+        build_attack("inverting-gradients", {"regularizers": {"tv": {"space": "normalised"}}})
+    with pytest.raises(ConfigError, match="regularizer 'tv': border must be true or false"):
+        build_attack("inverting-gradients", {"regularizers": {"tv": {"border": "yes"}}})
 
 
 def test_joint_labels_and_gradinversion_run(cifar):

@@ -17,7 +17,14 @@ from adversary.attacks.objectives import OBJECTIVES
 from adversary.attacks.optimizers import OPTIMIZERS
 from adversary.attacks.registry import ConfigError
 from adversary.attacks.regularizers import REGULARIZERS
-from adversary.attacks.runner import CHOICES, GradientInversion, check_choice, check_prior_scales, check_screen
+from adversary.attacks.runner import (
+    CHOICES,
+    GradientInversion,
+    check_choice,
+    check_prior_scales,
+    check_screen,
+    check_unmatched,
+)
 from adversary.attacks.stopping import STOPPING_RULES
 from fl_sim.config import ATTACK_SETTINGS_CHECKS
 from fl_sim.registry import Registry
@@ -29,7 +36,8 @@ SECTIONS: dict[str, Registry] = {
     "bn": BN_STRATEGIES,
     "stop": STOPPING_RULES,
 }
-SCALARS = ("iterations", "restarts", "init", "seed", "adam_smoothing", "space", "keep", "prior_scales", "rank", "screen")
+SCALARS = ("iterations", "restarts", "init", "seed", "adam_smoothing", "space", "keep", "prior_scales", "rank", "screen",
+           "unmatched")
 KEYS = (*SECTIONS, "regularizers", *SCALARS)
 
 _BASE = {"bn": {"name": "none"}, "stop": {"name": "never"}, "restarts": 1, "init": "randn", "seed": 0, "space": "pixel",
@@ -186,6 +194,7 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"seed: must be an integer, got {cfg.get('seed')!r}")
     check_prior_scales(cfg.get("prior_scales"))
     check_screen(cfg.get("screen", 0.0))
+    check_unmatched(cfg.get("unmatched"))
     smoothing = cfg.get("adam_smoothing", 0.0)
     if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not smoothing >= 0:
         raise ConfigError(f"adam_smoothing: must be a number >= 0 (0: the exact Adam step), got {smoothing!r}")
@@ -220,4 +229,5 @@ def build_attack(preset: str | dict[str, Any], overrides: dict[str, Any] | None 
         prior_scales=cfg["prior_scales"],
         rank=cfg["rank"],
         screen=float(cfg["screen"]),
+        unmatched=cfg.get("unmatched"),
     )

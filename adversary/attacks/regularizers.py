@@ -28,6 +28,7 @@ class RegContext:
     bn_targets: dict[str, list[tuple[Tensor, Tensor]] | None] = field(default_factory=dict)
     group_mean: Tensor | None = None
     sign_center: Tensor | None = None  # InstaHide: signs flip around this centre
+    input_stats: tuple[Tensor, Tensor] | None = None  # the model's input (mean, std), (1, C, 1, 1) each: public
 
 
 class Regularizer(Component):
@@ -39,16 +40,34 @@ class Regularizer(Component):
 class TotalVariation(Regularizer):
     """Anisotropic TV (mean absolute neighbour differences): natural images are piecewise smooth.
 
-    ``on_abs=True`` applies it to |x - c| (c: the centre InstaHide's random signs flip around,
-    0 when the inputs state none), for InstaHide whose sign flips make x itself rough.
+    ``space="input"`` takes it on the model's normalised input, (x - mean) / std, as Geiping et al. and
+    breaching do: each channel's differences count in units of its spread, so a weight means the same on
+    data sets of different contrast. ``border=True`` also counts the differences to a zero column right of
+    and a zero row below the image (breaching's zero-padded convolution): in the input space that pulls
+    those edges towards the data's mean colour. ``on_abs=True`` applies it to |x - c| (c: the centre InstaHide's random signs flip
+    around, 0 when the inputs state none), for InstaHide whose sign flips make x itself rough.
     """
 
-    def __init__(self, on_abs: bool = False) -> None:
-        self.on_abs = on_abs
+    SPACES = ("data", "input")
+
+    def __init__(self, on_abs: bool = False, space: str = "data", border: bool = False) -> None:
+        if space not in self.SPACES:
+            raise ConfigError(f"regularizer 'tv': space {space!r} is not one of {', '.join(self.SPACES)}")
+        if not isinstance(border, bool):
+            raise ConfigError(f"regularizer 'tv': border must be true or false, got {border!r}")
+        self.on_abs, self.space, self.border = on_abs, space, border
 
     def __call__(self, x: Tensor, ctx: RegContext) -> Tensor:
         if self.on_abs:
             x = (x - ctx.sign_center.to(x)).abs() if ctx.sign_center is not None else x.abs()
+        if self.space == "input" and ctx.input_stats is not None:
+            mean, std = ctx.input_stats
+            x = (x - mean.to(x)) / std.to(x)
+        if self.border:  # H x W differences each way, the last to the zero column right of and row below the image
+            padded = torch.nn.functional.pad(x, (0, 1, 0, 1))
+            dx = (padded[..., :-1, 1:] - padded[..., :-1, :-1]).abs().mean()
+            dy = (padded[..., 1:, :-1] - padded[..., :-1, :-1]).abs().mean()
+            return dx + dy
         dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
         dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
         return dx + dy
