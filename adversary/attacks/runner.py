@@ -378,8 +378,8 @@ class GradientInversion(Component):
 
         ran = [0]
 
-        def screen_out() -> None:
-            """Rank the trials at their kept iterates, at the preset's weights, and freeze all but the best."""
+        def screen_out() -> int:
+            """Rank the trials at their kept iterates, at the preset's weights, and freeze all but the best (returned)."""
             kept = [best[j][0] if self.keep == "best" and best[j] is not None else xg[j].detach() for j in range(len(group))]
             images = space.pixels(torch.stack(kept))
             group_mean = images.mean(0)  # screening runs only where the group holds several trials
@@ -389,6 +389,7 @@ class GradientInversion(Component):
             for j in range(len(group)):
                 if j != winner:
                     frozen[j] = (xg[j].detach().clone(), lg[j].detach().clone() if lg is not None else None)
+            return winner
 
         def on_step(it: int, _loss: float) -> None:
             for j, t in enumerate(group):
@@ -402,7 +403,12 @@ class GradientInversion(Component):
                         lg[j] = trial_logits
             ran[0] = it + 1
             if it + 1 == screen_at:
-                screen_out()
+                # From here one trial runs on, and the stopping rule judges its curve alone: before the screen it saw
+                # the lowest loss of any trial, each at its own prior, which the survivor's need not continue.
+                survivor = group[screen_out()]
+                self.stop.reset()
+                for value in curves[survivor][:-1]:  # this iteration's loss is judged below, as every iteration's
+                    self.stop.reached(value)
             running = min(last[j] for j in range(len(group)) if j not in frozen)
             if callback is not None:
                 callback(gi * self.iterations + it, running)
