@@ -85,6 +85,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # the default with one choice changed back, for the schedule and the start
     "default constant lr": ("inverting-gradients", {"optimizer": {"decay": []}}),
     "default uniform start": ("inverting-gradients", {"init": "rand"}),
+    # the default with the fit ranking every trial, also where none matched the update (the default before)
+    "default without unmatched": ("inverting-gradients", {"unmatched": None}),
+    # TV in breaching's form (on the normalised input, zero-padded right and below), the strong trial at its 0.2
+    "input TV": ("inverting-gradients", {"regularizers": {"tv": {"weight": 0.025, "space": "input", "border": True}},
+                                         "prior_scales": [8.0, 1.0, 0.1]}),
+    "input TV without unmatched": ("inverting-gradients", {"regularizers": {"tv": {"weight": 0.025, "space": "input", "border": True}},
+                                                    "prior_scales": [8.0, 1.0, 0.1], "unmatched": None}),
+    # breaching's own configuration as one trial of ours (what "input TV" keeps where nothing matched)
+    "1 trial at breaching's TV": ("inverting-gradients-pixel", {"space": "normalized", "keep": "best",
+                                                                "regularizers": {"tv": {"weight": 0.2, "space": "input", "border": True}}}),
 }
 DEFAULT = "default"
 NOISE = "noise (the start)"

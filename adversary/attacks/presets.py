@@ -54,15 +54,16 @@ PRESETS: dict[str, dict[str, Any]] = {
              "labels": {"name": "idlg"}, "iterations": 300, "init": "rand"},
     # Geiping et al. 2020, the strongest settings measured here (README "How strong the default attack is",
     # benchmarks/attack_quality.py): optimised in the model's normalised input space with the best iterate
-    # kept, as breaching does, and three trials whose TV weights are 4, 1 and 0.1 times 0.1 (0.4 is
-    # breaching's 0.2 on the normalised image; 0.01 what the gradient of a plain ConvNet needs), ranked
-    # by log(objective) + 0.1 TV (runner.RANKS): a strong prior where the gradient pins the image loosely
-    # (ResNet-18), a weak one where it pins it well (ConvNet). The trials are screened after a quarter of the
-    # budget (runner.check_screen): only the best-ranked runs on, so the three cost 1.5 runs, not 3.
+    # kept, as breaching does, and three trials whose TV weights are 4, 1 and 0.1 times 0.1 (0.4 a strong
+    # prior for a gradient that pins the image loosely, ResNet-18; 0.01 what a plain ConvNet's gradient
+    # needs), ranked by log(objective) + 0.1 TV (runner.RANKS), except where none matched the update (cosine
+    # distance above 0.5 for all): there the strongest prior's trial is kept (runner.check_unmatched). The
+    # trials are screened after a quarter of the budget (runner.check_screen): only the best-ranked runs on,
+    # so the three cost 1.5 runs, not 3.
     "inverting-gradients": {**_BASE, "objective": {"name": "cosine"}, "regularizers": {"tv": {"weight": 0.1}},
                             "optimizer": dict(_ADAM), "labels": {"name": "known"}, "iterations": 4800,
                             "space": "normalized", "keep": "best", "restarts": 3, "prior_scales": [4.0, 1.0, 0.1],
-                            "rank": "log-objective", "screen": 0.25},
+                            "rank": "log-objective", "screen": 0.25, "unmatched": 0.5},
     # The paper's Eq. 2 as this project ran it before: cosine + 0.01 TV in the data range, signed Adam lr 0.1
     # with step decay, one trial, its last iterate.
     "inverting-gradients-pixel": {**_BASE, "objective": {"name": "cosine"}, "regularizers": {"tv": {"weight": 0.01}},
