@@ -44,8 +44,9 @@ class TotalVariation(Regularizer):
     breaching do: each channel's differences count in units of its spread, so a weight means the same on
     data sets of different contrast. ``border=True`` also counts the differences to a zero column right of
     and a zero row below the image (breaching's zero-padded convolution): in the input space that pulls
-    those edges towards the data's mean colour. ``on_abs=True`` applies it to |x - c| (c: the centre InstaHide's random signs flip
-    around, 0 when the inputs state none), for InstaHide whose sign flips make x itself rough.
+    those edges towards the data's mean colour. ``on_abs=True`` applies it to |x - c| (c: the centre
+    InstaHide's random signs flip around, 0 when the inputs state none), for InstaHide whose sign flips
+    make x itself rough.
     """
 
     SPACES = ("data", "input")
